@@ -1,0 +1,146 @@
+"""`fer`: the one command line that `dvc.yaml` stage commands call.
+
+Every subcommand first validates the *whole* params file (cheap, no
+TensorFlow), then hands paths and its own params section to a stage function.
+Stage modules are imported lazily so `fer validate` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fer_tasks.params import Params, ParamsError, load_params
+
+log = logging.getLogger("fer")
+
+
+def _cmd_validate(a: argparse.Namespace, p: Params) -> None:
+    phases = p.finetune.order()
+    print(f"{a.params}: ok ({len(phases)} phases: {' -> '.join(['base', *phases])})")
+
+
+def _cmd_synthesize(a, p):
+    from fer_tasks.synthesize import synthesize
+
+    synthesize(Path(a.out), p.synthesize)
+
+
+def _cmd_prepare(a, p):
+    from fer_tasks.prepare import prepare
+
+    prepare(Path(a.source or p.prepare.source), Path(a.out), Path(a.report), p.prepare)
+
+
+def _cmd_rebalance(a, p):
+    from fer_tasks.rebalance import rebalance
+
+    rebalance(Path(a.train), Path(a.out_train), Path(a.class_weights), Path(a.report),
+              Path(a.report_png), p.rebalance)
+
+
+def _cmd_backbone(a, p):
+    from fer_tasks.backbone import resolve_backbone
+
+    resolve_backbone(Path(a.out), p.model)
+
+
+def _cmd_features(a, p):
+    from fer_tasks.features import extract_features
+
+    extract_features(Path(a.backbone), Path(a.data), Path(a.out), p.features)
+
+
+def _cmd_svm(a, p):
+    from fer_tasks.svm import train_svm
+
+    train_svm(Path(a.features), Path(a.out), Path(a.reports), p.svm)
+
+
+def _cmd_base(a, p):
+    from fer_tasks.base import build_base
+
+    build_base(Path(a.backbone), Path(a.out), p.base)
+
+
+def _cmd_phase(a, p):
+    from fer_tasks.phase import train_phase
+
+    if a.name not in p.finetune.phases:
+        raise ParamsError(f"{a.params}: finetune.phases has no phase {a.name!r}")
+    phase = p.finetune.phases[a.name]
+    parent = Path(a.models) / phase.after
+    train_phase(a.name, parent, Path(a.train), Path(a.class_weights), Path(a.val),
+                Path(a.models) / a.name, Path(a.ckpt), Path(a.live), phase)
+
+
+def _cmd_metrics(a, p):
+    from fer_tasks.report import metrics_table
+
+    print(metrics_table(Path(a.reports)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fer", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name: str, fn, help: str, *args: tuple[str, str]) -> None:
+        sp = sub.add_parser(name, help=help)
+        for flag, h in args:  # a trailing "?" marks an optional flag
+            sp.add_argument(flag.rstrip("?"), required=not flag.endswith("?"), help=h)
+        sp.set_defaults(fn=fn)
+
+    add("validate", _cmd_validate, "validate the params file and exit")
+    add("synthesize", _cmd_synthesize, "write the synthetic FER2013-format CSV",
+        ("--out", "CSV path"))
+    add("prepare", _cmd_prepare, "ingest a FER2013 CSV or image-folder tree into split arrays",
+        ("--source?", "input (default: prepare.source)"), ("--out", "output dir"),
+        ("--report", "JSON report path"))
+    add("rebalance", _cmd_rebalance, "rebalance the training split",
+        ("--train", "prepared train.npz"), ("--out-train", "output train.npz"),
+        ("--class-weights", "class weights JSON"), ("--report", "report JSON"),
+        ("--report-png", "report bar chart"))
+    add("backbone", _cmd_backbone, "resolve pretrained weights and save the backbone",
+        ("--out", "backbone .keras path"))
+    add("features", _cmd_features, "frozen-backbone feature vectors per split",
+        ("--backbone", "backbone .keras"), ("--data", "prepared dir"), ("--out", "output dir"))
+    add("svm", _cmd_svm, "fit the SVM baseline on feature vectors",
+        ("--features", "features dir"), ("--out", "model dir"), ("--reports", "reports dir"))
+    add("base", _cmd_base, "build the frozen base model (write-up's build_model)",
+        ("--backbone", "backbone .keras"), ("--out", "output dir"))
+    sp = sub.add_parser("phase", help="run one fine-tuning phase")
+    sp.add_argument("name", help="phase name (a key of finetune.phases)")
+    for flag, h in (("--models", "models/phases dir holding every phase"),
+                    ("--train", "training split .npz"), ("--class-weights", "class weights JSON"),
+                    ("--val", "validation split .npz"), ("--ckpt", "persistent checkpoint dir"),
+                    ("--live", "dvclive dir")):
+        sp.add_argument(flag, required=True, help=h)
+    sp.set_defaults(fn=_cmd_phase)
+    add("metrics", _cmd_metrics, "print the metrics table of a finished run",
+        ("--reports", "reports dir"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        params = load_params(args.params)
+        args.fn(args, params)
+    except (ParamsError, ValueError, RuntimeError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        print(f"fer {args.cmd}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

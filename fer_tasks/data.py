@@ -1,0 +1,82 @@
+"""tf.data input pipelines over uint8 split arrays.
+
+Images stay uint8 (N, 48, 48) in memory; batches are gathered, cast to float
+(0-255) and augmented on the fly, so nothing the size of the data set ever
+exists as float32 at input size. The training order of epoch `e` is a
+stateless shuffle seeded by (seed, e): a run resumed at epoch `e` sees exactly
+the batches a straight run would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from fer_tasks import NUM_CLASSES
+
+
+def _augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Mild, label-preserving augmentation: horizontal flip, brightness, contrast."""
+    s1, s2, s3 = (tf.stack([seed[0], seed[1] * 3 + k]) for k in range(3))
+    x = tf.image.stateless_random_flip_left_right(images, s1)
+    x = tf.image.stateless_random_brightness(x, 20.0, s2)
+    x = tf.image.stateless_random_contrast(x, 0.8, 1.2, s3)
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    first_epoch: int,
+    last_epoch: int,
+    seed: int,
+    augment: bool,
+    max_steps: int | None = None,
+) -> tuple[tf.data.Dataset, int]:
+    """Batches for epochs first_epoch..last_epoch-1 (global numbering) and steps per epoch.
+
+    `max_steps` caps the batches of every epoch (smoke runs); each epoch still
+    starts from its own seeded order.
+    """
+    n = len(images)
+    steps = math.ceil(n / batch_size) if max_steps is None else min(max_steps, math.ceil(n / batch_size))
+    x_all = tf.constant(images[..., None])  # uint8, shared by every epoch
+    y_all = tf.constant(labels.astype(np.int32))
+
+    def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).take(steps)
+        # (epoch, step) seeds the augmentation of each batch
+        return batches.enumerate().map(lambda step, idx: (idx, tf.stack([epoch, step])))
+
+    def gather(idx: tf.Tensor, bseed: tf.Tensor):
+        x = tf.cast(tf.gather(x_all, idx), tf.float32)
+        if augment:
+            x = _augment(x, bseed)
+        return x, tf.one_hot(tf.gather(y_all, idx), NUM_CLASSES)
+
+    ds = (
+        tf.data.Dataset.range(first_epoch, last_epoch)
+        .flat_map(epoch_indices)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return ds, steps
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
+    """Batches in file order, no augmentation; labels one-hot when given."""
+    x_all = tf.constant(images[..., None])
+    idx = tf.data.Dataset.range(len(images)).batch(batch_size)
+    if labels is None:
+        return idx.map(lambda i: tf.cast(tf.gather(x_all, i), tf.float32)).prefetch(2)
+    y_all = tf.constant(labels.astype(np.int32))
+    return idx.map(
+        lambda i: (tf.cast(tf.gather(x_all, i), tf.float32), tf.one_hot(tf.gather(y_all, i), NUM_CLASSES))
+    ).prefetch(2)

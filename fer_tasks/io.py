@@ -1,0 +1,56 @@
+"""Small I/O helpers shared by the stages: atomic writes and split arrays."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it over `final` only on success.
+
+    Works for files and directories. A crash or exception leaves `final`
+    untouched and removes the temporary path, so no half-written output exists.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_split(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write one split as an .npz with uint8 `images` (N, 48, 48) and int64 `labels` (N,)."""
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{path}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, images=images, labels=labels.astype(np.int64))
+
+
+def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as z:
+        return z["images"], z["labels"]

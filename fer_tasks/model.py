@@ -1,0 +1,88 @@
+"""The write-up's model: `build_model` (frozen backbone + head) and `unfreeze_model`."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from fer_tasks import NUM_CLASSES
+from fer_tasks.params import BaseModelParams
+
+log = logging.getLogger(__name__)
+
+HEAD_NAME = "main_output"
+
+
+def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
+    """Adam + categorical cross-entropy + accuracy, as in the write-up."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def build_model(backbone: keras.Model, params: BaseModelParams) -> keras.Model:
+    """Backbone (every layer frozen) -> Dropout -> softmax Dense `main_output` with L2."""
+    for layer in backbone.layers:
+        layer.trainable = False
+    x = keras.layers.Dropout(params.dropout, name="head_dropout", seed=params.seed)(
+        backbone.output
+    )
+    out = keras.layers.Dense(
+        NUM_CLASSES,
+        activation="softmax",
+        kernel_regularizer=keras.regularizers.L2(params.l2_coef),
+        name=HEAD_NAME,
+    )(x)
+    # Built on the backbone's own tensors, so its layers sit flat in this model
+    # and `model.layers[-n:]` counts the way the write-up's counts do.
+    model = keras.Model(backbone.input, out, name=f"{backbone.name}_fer")
+    compile_model(model, params.learning_rate)
+    return model
+
+
+def _first_index(model: keras.Model, unfreeze: int | str) -> int:
+    """Index of the first layer to unfreeze: a count from the end or a block name."""
+    layers = model.layers
+    if isinstance(unfreeze, int):
+        if unfreeze > len(layers):
+            raise ValueError(f"unfreeze={unfreeze} but the model has only {len(layers)} layers")
+        return len(layers) - unfreeze
+    name = unfreeze.lower()
+    if name == "all":
+        return 0
+    prefix = "top_" if name == "top" else name
+    for i, layer in enumerate(layers):
+        # "block7" must match block7a_… but never block70…; "top" matches top_conv.
+        if layer.name.startswith(prefix) and (
+            prefix.endswith("_") or layer.name[len(prefix)].isalpha()
+        ):
+            return i
+    blocks = sorted({layer.name.split("_")[0][:6] for layer in layers if layer.name.startswith("block")})
+    raise ValueError(
+        f"unfreeze={unfreeze!r} matches no layer of {model.name}; "
+        f"use a layer count, 'all', 'top' or one of {blocks}"
+    )
+
+
+def unfreeze_model(model: keras.Model, unfreeze: int | str, unfreeze_bn: bool = False) -> int:
+    """Make the last layers trainable (BatchNorm stays frozen unless asked).
+
+    Returns how many layers were made trainable. The caller must recompile.
+    """
+    start = _first_index(model, unfreeze)
+    opened = 0
+    for layer in model.layers[start:]:
+        if isinstance(layer, keras.layers.BatchNormalization) and not unfreeze_bn:
+            continue
+        if not layer.trainable:
+            opened += 1
+        layer.trainable = True
+    log.info(
+        "unfreeze=%r: layers %d..%d (%s..%s), %d newly trainable, %d trainable weights",
+        unfreeze, start, len(model.layers) - 1, model.layers[start].name, model.layers[-1].name,
+        opened, len(model.trainable_weights),
+    )
+    return opened

@@ -1,0 +1,219 @@
+"""Validated parameters: `params.yaml` loaded into frozen pydantic models.
+
+One model per stage section. Every entry point loads the *whole* file through
+`load_params`, so a typo anywhere fails before any work starts, with the key
+and the file named. This module must stay cheap to import (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+USAGES = ("Training", "PublicTest", "PrivateTest")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthesizeParams(_Section):
+    n_samples: int = Field(3500, ge=70, le=1_000_000, description="faces to generate")
+    seed: Seed = 0
+    # share of rows labelled Training / PublicTest / PrivateTest
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+
+
+class PrepareParams(_Section):
+    # FER2013 CSV (plain or .gz) or an image-folder tree with train/ and test/
+    source: str = "data/raw/synthetic/fer_synth.csv"
+    format: Literal["auto", "csv", "folder"] = "auto"
+    # used only when the source lacks PublicTest (val) or PrivateTest (test)
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    on_bad_row: Literal["error", "skip"] = "error"
+    chunk_rows: int = Field(4096, ge=1, le=1_000_000)
+    seed: Seed = 0
+
+
+class RebalanceParams(_Section):
+    method: Literal["none", "class_weight", "oversample", "undersample"] = "class_weight"
+    # class_weight: "balanced" = n / (k * n_c); "effective" = (1 - beta) / (1 - beta^n_c)
+    weighting: Literal["balanced", "effective"] = "balanced"
+    beta: float = Field(0.999, gt=0.0, lt=1.0)
+    # oversample: raise each class to this share of the largest class;
+    # undersample: cut each class to this multiple of the smallest class
+    target_ratio: float = Field(1.0, gt=0.0, le=100.0)
+    augment: bool = True
+    seed: Seed = 0
+
+
+class ModelParams(_Section):
+    backbone: Literal["efficientnet_lite0", "efficientnet_b0"] = "efficientnet_lite0"
+    # imagenet | none | path to a local weights file
+    weights: str = "imagenet"
+    input_size: int = Field(48, ge=32, le=600)
+    pooling: Literal["max", "avg"] = "max"
+
+
+class FeaturesParams(_Section):
+    batch_size: int = Field(256, ge=1, le=8192)
+
+
+class SvmParams(_Section):
+    kernel: Literal["linear", "rbf"] = "linear"
+    C: float = Field(0.1, gt=0.0, le=1e6)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    pca_components: int | None = Field(None, ge=1, le=10_000)
+    max_train_samples: int | None = Field(None, ge=10)
+    max_iter: int = Field(5000, ge=10)
+    seed: Seed = 0
+
+
+class BaseModelParams(_Section):
+    """The write-up's `build_model`: frozen backbone + Dropout + L2 softmax head."""
+
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    l2_coef: float = Field(1e-4, ge=0.0, le=1.0)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    seed: Seed = 0
+
+
+class PhaseParams(_Section):
+    after: str = Field(description="previous phase name, or 'base'")
+    # layer count from the end of the model (the write-up's 6 / 19 / 78) or a block name
+    unfreeze: int | str = "top"
+    unfreeze_bn: bool = False
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=8192)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_decay_rate: float = Field(0.9, gt=0.0, le=1.0)
+    augment: bool = True
+    seed: Seed = 0
+    deterministic: bool = False
+    max_class_share: float = Field(0.9, gt=0.0, le=1.0)
+    on_collapse: Literal["fail", "warn"] = "fail"
+    # cap on batches per epoch (None = the whole training split); for smoke runs
+    steps_per_epoch: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_unfreeze(self) -> PhaseParams:
+        if isinstance(self.unfreeze, int) and self.unfreeze < 1:
+            raise ValueError(f"unfreeze must be >= 1 or a block name, got {self.unfreeze}")
+        return self
+
+
+class FinetuneParams(_Section):
+    phases: dict[str, PhaseParams] = Field(min_length=1)
+    # the last phase of the chain: evaluate/export read its model (dvc.yaml uses this key)
+    final: str
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> FinetuneParams:
+        for name, phase in self.phases.items():
+            if name == "base" or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"phase name {name!r} must be alphanumeric and not 'base'")
+            if phase.after != "base" and phase.after not in self.phases:
+                raise ValueError(f"phases.{name}.after: unknown phase {phase.after!r}")
+        for name in self.phases:  # every chain must reach 'base' without a cycle
+            seen, cur = set(), name
+            while cur != "base":
+                if cur in seen:
+                    raise ValueError(f"phases.{name}.after: cycle through {cur!r}")
+                seen.add(cur)
+                cur = self.phases[cur].after
+        if self.final not in self.phases:
+            raise ValueError(f"final: {self.final!r} is not a phase (have {list(self.phases)})")
+        for name, phase in self.phases.items():
+            if phase.after == self.final:
+                raise ValueError(
+                    f"final: {self.final!r} is continued by phase {name!r}; "
+                    f"set finetune.final to the last phase of the chain"
+                )
+        return self
+
+    def order(self) -> list[str]:
+        """Phase names from base outward (a parent always before its children)."""
+        done: list[str] = []
+        while len(done) < len(self.phases):
+            for name, p in self.phases.items():
+                if name not in done and (p.after == "base" or p.after in done):
+                    done.append(name)
+        return done
+
+    def start_epoch(self, name: str) -> int:
+        """Global epoch index at which phase `name` starts (sum of its ancestors' epochs)."""
+        total, cur = 0, self.phases[name].after
+        while cur != "base":
+            total += self.phases[cur].epochs
+            cur = self.phases[cur].after
+        return total
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(256, ge=1, le=8192)
+
+
+class ExportParams(_Section):
+    max_int8_drop: float = Field(1.5, ge=0.0, le=100.0, description="accuracy points")
+    representative_samples: int = Field(200, ge=1, le=100_000)
+    latency_runs: int = Field(100, ge=1, le=100_000)
+    seed: Seed = 0
+
+
+class Params(_Section):
+    synthesize: SynthesizeParams = SynthesizeParams()
+    prepare: PrepareParams = PrepareParams()
+    rebalance: RebalanceParams = RebalanceParams()
+    model: ModelParams = ModelParams()
+    features: FeaturesParams = FeaturesParams()
+    svm: SvmParams = SvmParams()
+    base: BaseModelParams = BaseModelParams()
+    finetune: FinetuneParams
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+
+
+class ParamsError(ValueError):
+    """A params file that does not validate; the message names the file and keys."""
+
+
+def _format(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            lines.append(f"  {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict, path: str | Path = "params.yaml") -> Params:
+    """Validate an already-loaded params mapping."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format(err, Path(path))) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise ParamsError naming the file and key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return parse_params(data, path)

@@ -1,0 +1,265 @@
+"""`phase@<name>` stage: one fine-tuning phase of the write-up's staged schedule.
+
+Loads the previous phase's model, unfreezes more layers (BatchNorm stays
+frozen unless asked), recompiles and trains on with the global epoch count
+continuing (`initial_epoch`). After every epoch the full training state
+(weights, optimizer, epoch, history) is checkpointed atomically into a
+persistent directory, which gives two things:
+
+- a killed run resumes from its last completed epoch when rerun;
+- when only `epochs` grew, the rerun trains just the new epochs from the
+  checkpoint of the previous run and ends where a straight run would
+  (data order and dropout masks are seeded per epoch).
+
+The checkpoint is reused only when its fingerprint (parent model, training
+data, class weights and every phase param except `epochs`) matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks.data import eval_dataset, train_dataset
+from fer_tasks.io import atomic_path, load_split, read_json, write_json
+from fer_tasks.model import compile_model, unfreeze_model
+from fer_tasks.params import PhaseParams
+
+log = logging.getLogger(__name__)
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# params that do not change what an epoch computes; a checkpoint survives edits to them
+_NOT_FINGERPRINTED = {"epochs", "max_class_share", "on_collapse"}
+
+
+class CollapseError(RuntimeError):
+    """The model predicts (almost) a single class on the validation split."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(params: PhaseParams, inputs: list[Path]) -> str:
+    fields = params.model_dump(exclude=_NOT_FINGERPRINTED)
+    if params.lr_schedule == "cosine":  # the cosine curve depends on the phase length
+        fields["epochs"] = params.epochs
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    for p in inputs:
+        h.update(_sha256(p).encode())
+    return h.hexdigest()
+
+
+def _learning_rate(params: PhaseParams, start: int):
+    """Per-epoch learning rate as a function of the global epoch index."""
+
+    def lr(epoch: int, _current: float | None = None) -> float:
+        t = epoch - start
+        if params.lr_schedule == "exponential":
+            return params.learning_rate * params.lr_decay_rate**t
+        if params.lr_schedule == "cosine":
+            return params.learning_rate * 0.5 * (1 + math.cos(math.pi * t / params.epochs))
+        return params.learning_rate
+
+    return lr
+
+
+class _SeedDropout(keras.callbacks.Callback):
+    """Reset every layer's random-seed state at each epoch start from (seed, epoch).
+
+    Dropout masks then depend only on the epoch, not on how many epochs this
+    process has run, which is what makes a resumed run equal a straight one.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        for i, layer in enumerate(self.model.layers):
+            for sg in getattr(layer, "_seed_generators", []):
+                sg.state.assign(np.array([self.seed + i, epoch], dtype=sg.state.dtype))
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """Atomically save model + optimizer + epoch + history after every epoch."""
+
+    def __init__(self, ckpt_dir: Path, fingerprint: str, history: list[dict], lr_fn):
+        super().__init__()
+        self.ckpt_dir, self.fingerprint, self.history, self.lr_fn = ckpt_dir, fingerprint, history, lr_fn
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_KEYS if k in logs}}
+        row["learning_rate"] = float(self.lr_fn(epoch))
+        self.history.append(row)
+        with atomic_path(self.ckpt_dir / "last") as tmp:
+            tmp.mkdir()
+            self.model.save(tmp / "model.keras")
+            (tmp / "ckpt.json").write_text(
+                json.dumps({"fingerprint": self.fingerprint, "epoch": epoch + 1,
+                            "history": self.history}, indent=1)
+            )
+
+
+class _LiveLogger(keras.callbacks.Callback):
+    """dvclive per-epoch metrics with the global epoch as the step."""
+
+    def __init__(self, live):
+        super().__init__()
+        self.live = live
+
+    def log_row(self, row: dict) -> None:
+        self.live.step = row["epoch"]
+        for k in (*HISTORY_KEYS, "learning_rate"):
+            if k in row:
+                self.live.log_metric(f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", row[k])
+        self.live.make_summary()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.log_row(self.model_history[-1])
+
+
+def _load_checkpoint(ckpt_dir: Path, fingerprint: str, target_epoch: int):
+    """(model, epoch, history) from a matching checkpoint, or None."""
+    meta_path = ckpt_dir / "last" / "ckpt.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("fingerprint") != fingerprint:
+        log.info("checkpoint in %s is from other inputs or params; starting the phase over", ckpt_dir)
+        return None
+    if meta["epoch"] > target_epoch:
+        log.info("checkpoint is at epoch %d, past the target %d; starting over", meta["epoch"], target_epoch)
+        return None
+    model = keras.saving.load_model(ckpt_dir / "last" / "model.keras", safe_mode=True)
+    return model, int(meta["epoch"]), meta["history"]
+
+
+def _class_weights(path: Path) -> dict[int, float]:
+    weights = read_json(path)["weights"]
+    return {int(k): float(v) for k, v in weights.items()}
+
+
+def _collapse_check(pred: np.ndarray, params: PhaseParams, name: str) -> dict:
+    shares = np.bincount(pred, minlength=NUM_CLASSES) / max(len(pred), 1)
+    top = int(shares.argmax())
+    out = {"max_class_share": float(shares[top]), "max_class": CLASS_NAMES[top],
+           "predicted_share": {c: float(s) for c, s in zip(CLASS_NAMES, shares, strict=True)}}
+    out["collapsed"] = bool(shares[top] > params.max_class_share)
+    out["message"] = (
+        f"phase {name!r} collapsed: it predicts {CLASS_NAMES[top]!r} for {shares[top]:.1%} "
+        f"of the validation faces (max_class_share {params.max_class_share}); "
+        f"try a lower learning_rate or fewer unfrozen layers"
+    )
+    return out
+
+
+def train_phase(
+    name: str,
+    parent_dir: Path,
+    train_path: Path,
+    class_weights_path: Path,
+    val_path: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    live_dir: Path,
+    params: PhaseParams,
+) -> dict:
+    """Run one phase; write out_dir/{model.keras,state.json} and dvclive logs in live_dir."""
+    from dvclive import Live
+    from sklearn.metrics import f1_score
+
+    parent_dir, out_dir, ckpt_dir, live_dir = map(Path, (parent_dir, out_dir, ckpt_dir, live_dir))
+    parent_state = read_json(parent_dir / "state.json")
+    start = int(parent_state["epoch_end"])
+    target = start + params.epochs
+    keras.utils.set_random_seed(params.seed)
+    if params.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    fingerprint = _fingerprint(params, [parent_dir / "model.keras", train_path, class_weights_path])
+    lr_fn = _learning_rate(params, start)
+    resumed = _load_checkpoint(ckpt_dir, fingerprint, target)
+    if resumed is not None:
+        model, initial, own_history = resumed
+        log.info("phase %s: resuming from checkpoint at epoch %d (target %d)", name, initial, target)
+    else:
+        model = keras.saving.load_model(parent_dir / "model.keras", safe_mode=True)
+        unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
+        compile_model(model, lr_fn(start))  # recompile: trainability changes need it
+        initial, own_history = start, []
+
+    x_train, y_train = load_split(train_path)
+    x_val, y_val = load_split(val_path)
+    live_dir.mkdir(parents=True, exist_ok=True)
+    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    logger = _LiveLogger(live)
+    for row in parent_state["history"] + own_history:  # curves join across phases
+        logger.log_row(row)
+    if initial < target:
+        ds, steps = train_dataset(
+            x_train, y_train, batch_size=params.batch_size, first_epoch=initial,
+            last_epoch=target, seed=params.seed, augment=params.augment,
+            max_steps=params.steps_per_epoch,
+        )
+        ckpt = _Checkpoint(ckpt_dir, fingerprint, own_history, lr_fn)
+        logger.model_history = own_history
+        log.info("phase %s: epochs %d-%d of %d, unfreeze=%r, %d trainable weights",
+                 name, initial + 1, target, target, params.unfreeze, len(model.trainable_weights))
+        model.fit(
+            ds,
+            epochs=target,
+            initial_epoch=initial,
+            steps_per_epoch=steps,
+            validation_data=eval_dataset(x_val, y_val, 256),
+            class_weight=_class_weights(class_weights_path),
+            callbacks=[keras.callbacks.LearningRateScheduler(lr_fn), _SeedDropout(params.seed),
+                       ckpt, logger],
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+
+    probs = model.predict(eval_dataset(x_val, None, 256), verbose=0)
+    pred = probs.argmax(1)
+    summary = {
+        "phase": name, "epoch_start": start, "epoch_end": target,
+        "val_accuracy": float((pred == y_val).mean()),
+        "val_macro_f1": float(f1_score(y_val, pred, average="macro", labels=range(NUM_CLASSES))),
+        "val_loss": own_history[-1]["val_loss"] if own_history else None,
+        "trainable_weights": len(model.trainable_weights),
+    }
+    guard = _collapse_check(pred, params, name)
+    summary.update({k: guard[k] for k in ("max_class_share", "max_class", "collapsed")})
+    for k in ("val_macro_f1", "max_class_share"):
+        live.summary[k] = summary[k]
+    live.make_summary()  # recorded even when the guard fails the phase below
+    if guard["collapsed"]:
+        if params.on_collapse == "fail":
+            raise CollapseError(guard["message"])
+        log.warning(guard["message"])
+
+    with atomic_path(out_dir / "model.keras") as tmp:
+        model.save(tmp)
+    history = parent_state["history"] + [dict(r, phase=name) for r in own_history]
+    write_json(out_dir / "state.json", {**summary, "history": history})
+    _write_history_csv(live_dir / "history.csv", history)
+    return summary
+
+
+def _write_history_csv(path: Path, history: list[dict]) -> None:
+    cols = ["epoch", "phase", *HISTORY_KEYS, "learning_rate"]
+    lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in history]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
