@@ -1,0 +1,533 @@
+"""Stage `prepare`: FER2013 CSV or image-folder tree -> train/val/test `.npz` splits.
+
+Sources
+    * the ICML 2013 challenge CSV ``emotion,pixels,Usage`` (plain or gzip, detected by
+      the ``.gz`` suffix or the gzip magic bytes; without a ``Usage`` column every row
+      is Training). ``Training`` -> train, ``PublicTest`` -> val, ``PrivateTest`` -> test.
+    * an image-folder tree ``<source>/train/<class>/*`` and ``<source>/test/<class>/*``
+      (the common FER2013 image release, whose test/ holds PublicTest -> val). When a
+      ``val/`` folder exists too, val/ -> val and test/ -> test. Class folder names are
+      matched case-insensitively; every image is converted to 48x48 grayscale.
+
+A split the source lacks is carved from train, stratified by class and seeded
+(test first, then val, each sized from the original train count).
+
+The CSV is streamed in blocks of ``chunk_rows`` records; each block's pixel strings
+are parsed in one vectorised numpy pass and appended to growing uint8 arrays, so peak
+memory is the uint8 output plus one block. Outputs are written atomically: on any
+error nothing new appears at ``out_dir`` or ``report_path`` and a previous output is
+left whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from fer_tasks.io import atomic_path, save_split, write_json
+from fer_tasks.params import USAGES, PrepareParams
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+_USAGE_SPLIT = {u.lower(): s for u, s in zip(USAGES, SPLITS, strict=True)}
+_GZIP_MAGIC = b"\x1f\x8b"
+# decompression-bomb guard for folder images (width * height, checked before decoding)
+_MAX_IMAGE_PIXELS = 40_000_000
+# rows parsed per vectorised pass (bounds the temporary index arrays to ~100 MB)
+_PARSE_BLOCK = 1024
+_SKIPS_LISTED = 10
+_CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES)}
+
+
+class PrepareError(ValueError):
+    """Unusable input; the message names the file and the line (or the path) at fault."""
+
+
+class _BadRow(Exception):
+    """One bad CSV row or image file: fatal, or skipped with ``on_bad_row: skip``."""
+
+
+@dataclass
+class _Skips:
+    """Applies ``on_bad_row``: raise on the first bad row, or count and list a few."""
+
+    mode: str
+    count: int = 0
+    first: list[dict] = field(default_factory=list)
+
+    def bad(self, where: str, key: dict, reason: str) -> None:
+        if self.mode == "error":
+            raise PrepareError(f"{where}: {reason}")
+        self.count += 1
+        if len(self.first) < _SKIPS_LISTED:
+            self.first.append({**key, "reason": reason})
+            logger.warning("skipping %s: %s", where, reason)
+
+
+class _Growing:
+    """Append-only uint8 (N, 48, 48) images and int64 labels with doubling capacity."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.images = np.empty((capacity, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        self.labels = np.empty(capacity, np.int64)
+        self.n = 0
+
+    def extend(self, images: np.ndarray, labels: np.ndarray) -> None:
+        end = self.n + len(labels)
+        if end > len(self.labels):
+            cap = max(end, 2 * len(self.labels))
+            grown = np.empty((cap, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+            grown[: self.n] = self.images[: self.n]
+            self.images = grown
+            self.labels = np.concatenate([self.labels[: self.n], np.empty(cap - self.n, np.int64)])
+        self.images[self.n : end] = images
+        self.labels[self.n : end] = labels
+        self.n = end
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[: self.n], self.labels[: self.n]
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _open_text(path: Path) -> IO[str]:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == _GZIP_MAGIC or path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Yield (1-based first line, fields) per non-blank record; read errors -> PrepareError."""
+    line = 0
+    try:
+        with _open_text(path) as fh:
+            reader = csv.reader(fh)
+            for rec in reader:
+                start, line = line + 1, reader.line_num
+                if rec:
+                    yield start, rec
+    except csv.Error as err:
+        raise PrepareError(f"{path}: line {line + 1}: malformed CSV: {err}") from None
+    except UnicodeDecodeError as err:
+        raise PrepareError(f"{path}: line {line + 1}: not UTF-8 text ({err.reason})") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise PrepareError(f"{path}: line {line + 1}: corrupt gzip data ({err})") from None
+    except OSError as err:
+        raise PrepareError(f"{path}: cannot read: {err}") from None
+
+
+@dataclass(frozen=True)
+class _Columns:
+    emotion: int
+    pixels: int
+    usage: int | None
+    n_fields: int
+
+
+def _columns(path: Path, line: int, header: list[str]) -> _Columns:
+    names = [h.strip().lower() for h in header]
+    missing = [c for c in ("emotion", "pixels") if c not in names]
+    if missing:
+        shown = ",".join(header)[:120]
+        raise PrepareError(
+            f"{path}: line {line}: missing required column(s) {', '.join(missing)} "
+            f"(header is {shown!r}; expected emotion,pixels[,Usage])"
+        )
+    dupes = sorted({n for n in names if n and names.count(n) > 1})
+    if dupes:
+        raise PrepareError(f"{path}: line {line}: duplicate column(s) {', '.join(dupes)}")
+    usage = names.index("usage") if "usage" in names else None
+    return _Columns(names.index("emotion"), names.index("pixels"), usage, len(names))
+
+
+def _parse_label(text: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.lstrip("+-").isdigit()):
+        raise _BadRow(f"emotion {text[:20]!r} is not an integer class 0-{NUM_CLASSES - 1}")
+    value = int(t)
+    if not 0 <= value < NUM_CLASSES:
+        raise _BadRow(f"emotion {value} is outside 0-{NUM_CLASSES - 1}")
+    return value
+
+
+def _parse_fields(rec: list[str], cols: _Columns) -> tuple[int, int, str]:
+    """(label, split index, pixel string) of one record, or _BadRow."""
+    if len(rec) != cols.n_fields:
+        raise _BadRow(f"expected {cols.n_fields} fields, got {len(rec)}")
+    label = _parse_label(rec[cols.emotion])
+    split = "train"
+    if cols.usage is not None:
+        usage = rec[cols.usage].strip()
+        if usage.lower() not in _USAGE_SPLIT:
+            raise _BadRow(f"unknown Usage {usage[:30]!r} (expected {', '.join(USAGES)})")
+        split = _USAGE_SPLIT[usage.lower()]
+    return label, SPLITS.index(split), rec[cols.pixels]
+
+
+def _parse_pixel_row(text: str) -> np.ndarray:
+    """Slow, authoritative parse of one pixel string; names the first problem."""
+    tokens = text.split()
+    if len(tokens) != N_PIXELS:
+        raise _BadRow(f"wrong pixel count: expected {N_PIXELS} values, got {len(tokens)}")
+    values = np.empty(N_PIXELS, np.uint8)
+    for i, tok in enumerate(tokens):
+        if not (tok.isascii() and tok.lstrip("+-").isdigit()):
+            raise _BadRow(f"pixel {i + 1} is {tok[:20]!r}, not an integer")
+        value = int(tok)
+        if not 0 <= value <= 255:
+            raise _BadRow(f"pixel {i + 1} = {value} is outside 0-255")
+        values[i] = value
+    return values.reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _parse_pixel_block(texts: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """Parse pixel strings into uint8 (n, 48, 48); errors[i] is set for a bad row i.
+
+    One vectorised pass over the joined ASCII bytes: runs of digits are tokens,
+    their values are built from up to three digits, tokens are assigned to rows by
+    offset. Rows it flags (other characters, wrong count, > 3 digits, > 255) go to
+    `_parse_pixel_row`, which either accepts them (tabs, leading zeros) or says why not.
+    """
+    n = len(texts)
+    out = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    errors: list[str | None] = [None] * n
+    if n == 0:
+        return out, errors
+    buf = np.frombuffer(" ".join(texts).encode("ascii", "replace"), np.uint8)
+    row_start = np.zeros(n, np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, n)[:-1] + 1, out=row_start[1:])
+
+    digit = buf - np.uint8(48)  # wraps around for non-digits
+    is_digit = digit < 10
+    flagged = np.zeros(n, bool)
+    odd = np.flatnonzero(~is_digit & (buf != 32))
+    flagged[np.searchsorted(row_start, odd, "right") - 1] = True
+
+    pad = np.zeros(1, np.int8)
+    edges = np.diff(np.concatenate([pad, is_digit.view(np.int8), pad]))
+    starts = np.flatnonzero(edges == 1)
+    n_digits = np.flatnonzero(edges == -1) - starts
+    del edges
+    values = digit[starts].astype(np.int16)
+    for k in (1, 2):
+        more = n_digits > k
+        values[more] = values[more] * 10 + digit[starts[more] + k]
+    tok_row = np.searchsorted(row_start, starts, "right") - 1
+    flagged |= np.bincount(tok_row, minlength=n) != N_PIXELS
+    flagged[tok_row[(n_digits > 3) | (values > 255)]] = True
+
+    good = ~flagged
+    if good.all():
+        out[:] = values.reshape(n, IMAGE_SIZE, IMAGE_SIZE)
+        return out, errors
+    out[good] = values[good[tok_row]].reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    for i in np.flatnonzero(flagged):
+        try:
+            out[i] = _parse_pixel_row(texts[i])
+        except _BadRow as err:
+            errors[i] = str(err)
+    return out, errors
+
+
+@dataclass
+class _Chunk:
+    lines: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[int] = field(default_factory=list)
+    pixels: list[str] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+
+
+def _flush(path: Path, chunk: _Chunk, out: dict[str, _Growing], skips: _Skips) -> None:
+    """Parse a chunk's pixels, report its bad rows in line order, append the good ones."""
+    images = np.empty((len(chunk.lines), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    errors: list[str | None] = []
+    for lo in range(0, len(chunk.lines), _PARSE_BLOCK):
+        block, block_errors = _parse_pixel_block(chunk.pixels[lo : lo + _PARSE_BLOCK])
+        images[lo : lo + len(block)] = block
+        errors.extend(block_errors)
+    bad = chunk.errors + [(chunk.lines[i], e) for i, e in enumerate(errors) if e is not None]
+    for line, reason in sorted(bad):
+        skips.bad(f"{path}: line {line}", {"line": line}, reason)
+    ok = np.array([e is None for e in errors], bool)
+    labels = np.asarray(chunk.labels, np.int64)
+    splits = np.asarray(chunk.splits, np.int64)
+    for s, name in enumerate(SPLITS):
+        keep = ok & (splits == s)
+        if keep.any():
+            out[name].extend(images[keep], labels[keep])
+
+
+def _read_csv(path: Path, chunk_rows: int, skips: _Skips) -> dict[str, tuple]:
+    if path.stat().st_size == 0:
+        raise PrepareError(f"{path}: empty file (0 bytes)")
+    records = _records(path)
+    first = next(records, None)
+    if first is None:
+        raise PrepareError(f"{path}: empty file (no header, no rows)")
+    cols = _columns(path, *first)
+    out = {s: _Growing() for s in SPLITS}
+    chunk, n_rows = _Chunk(), 0
+    for line, rec in records:
+        n_rows += 1
+        try:
+            label, split, pixels = _parse_fields(rec, cols)
+        except _BadRow as err:
+            chunk.errors.append((line, str(err)))
+        else:
+            chunk.lines.append(line)
+            chunk.labels.append(label)
+            chunk.splits.append(split)
+            chunk.pixels.append(pixels)
+        if n_rows % chunk_rows == 0:
+            _flush(path, chunk, out, skips)
+            chunk = _Chunk()
+    _flush(path, chunk, out, skips)
+    if n_rows == 0:
+        raise PrepareError(f"{path}: empty file (header only, no data rows)")
+    logger.info("%s: %d rows read, %d skipped", path, n_rows, skips.count)
+    return {s: g.arrays() for s, g in out.items()}
+
+
+# ------------------------------------------------------------------------ folder
+
+
+def _load_image(path: Path) -> np.ndarray:
+    """Any image file -> uint8 (48, 48) grayscale, or _BadRow naming the problem."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > _MAX_IMAGE_PIXELS:
+                    raise _BadRow(
+                        f"image is {width}x{height} pixels, over the {_MAX_IMAGE_PIXELS} "
+                        "pixel limit (decompression bomb guard)"
+                    )
+                im.draft("L", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG: decode gray, downscaled
+                gray = ImageOps.exif_transpose(im).convert("L")
+        if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+            gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        return np.asarray(gray, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _BadRow(f"decompression bomb guard: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise _BadRow(f"not a readable image: {err}") from None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in _subdirs(root):
+        key = d.name.lower()
+        if key in ("train", "val", "test"):
+            if key in found:
+                raise PrepareError(f"{d}: ambiguous split folder (also {found[key]})")
+            found[key] = d
+    if "train" not in found:
+        raise PrepareError(
+            f"{root}: no train/ folder (expected train/<class>/ and test/<class>/ image folders)"
+        )
+    return found
+
+
+def _class_files(split_dir: Path) -> list[tuple[Path, int]]:
+    files: list[tuple[Path, int]] = []
+    for d in _subdirs(split_dir):
+        label = _CLASS_INDEX.get(d.name.lower())
+        if label is None:
+            raise PrepareError(
+                f"{d}: unknown class folder {d.name!r} (expected one of {', '.join(CLASS_NAMES)})"
+            )
+        for p in sorted(d.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                logger.warning("%s: ignoring nested folder", p)
+                continue
+            files.append((p, label))
+    return files
+
+
+def _read_image_dir(root: Path, split_dir: Path, skips: _Skips) -> tuple[np.ndarray, np.ndarray]:
+    files = _class_files(split_dir)
+    images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    labels = np.empty(len(files), np.int64)
+    n = 0
+    for path, label in files:
+        try:
+            images[n] = _load_image(path)
+        except _BadRow as err:
+            skips.bad(str(path), {"path": str(path.relative_to(root))}, str(err))
+            continue
+        labels[n] = label
+        n += 1
+    return images[:n], labels[:n]
+
+
+def _read_folder(root: Path, skips: _Skips) -> tuple[dict[str, tuple], dict[str, str]]:
+    dirs = _split_dirs(root)
+    targets = {"train": "train", "val": "val", "test": "test"}
+    if "val" not in dirs:
+        targets["test"] = "val"  # the common release's test/ holds PublicTest
+    empty = (np.empty((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.empty(0, np.int64))
+    splits: dict[str, tuple] = dict.fromkeys(SPLITS, empty)
+    origins: dict[str, str] = {}
+    for key, d in dirs.items():
+        splits[targets[key]] = _read_image_dir(root, d, skips)
+        origins[targets[key]] = f"{d.name}/"
+    logger.info(
+        "%s: %d images, %d skipped", root, sum(len(v[1]) for v in splits.values()), skips.count
+    )
+    return splits, origins
+
+
+# ----------------------------------------------------------------------- splits
+
+
+def _stratified_take(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of k rows drawn per class in proportion (largest remainder)."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    ideal = counts * (k / len(labels))
+    per_class = np.floor(ideal).astype(np.int64)
+    short = k - int(per_class.sum())
+    if short > 0:
+        per_class[np.argsort(per_class - ideal, kind="stable")[:short]] += 1
+    per_class = np.minimum(per_class, counts)
+    taken = [
+        rng.permutation(np.flatnonzero(labels == c))[: per_class[c]] for c in range(NUM_CLASSES)
+    ]
+    return np.sort(np.concatenate(taken))
+
+
+def _carve_missing(source: Path, splits: dict[str, tuple], params: PrepareParams) -> list[str]:
+    """Fill empty val/test from train in place (test first, then val); return their names."""
+    images, labels = splits["train"]
+    n = len(labels)
+    if n == 0:
+        raise PrepareError(f"{source}: no training rows/images (Training / train/)")
+    fractions = {"test": params.test_fraction, "val": params.val_fraction}
+    missing = [s for s in ("test", "val") if len(splits[s][1]) == 0]
+    if not missing:
+        return []
+    sizes = {s: max(1, round(n * fractions[s])) for s in missing}
+    if n - sum(sizes.values()) < 1:
+        raise PrepareError(
+            f"{source}: only {n} training rows, too few to carve {' and '.join(missing)}"
+        )
+    rng = np.random.default_rng(params.seed)
+    keep = np.arange(n)
+    for s in missing:
+        taken = _stratified_take(labels[keep], sizes[s], rng)
+        splits[s] = (images[keep[taken]], labels[keep[taken]])
+        keep = np.delete(keep, taken)
+    splits["train"] = (images[keep], labels[keep])
+    logger.info("carved %s from train (seed %d)", ", ".join(missing), params.seed)
+    return missing
+
+
+# ------------------------------------------------------------------------ stage
+
+
+def _detect_kind(source: Path, fmt: str) -> str:
+    if not source.exists():
+        raise PrepareError(f"{source}: source not found")
+    kind = fmt if fmt != "auto" else ("folder" if source.is_dir() else "csv")
+    if kind == "csv" and source.is_dir():
+        raise PrepareError(f"{source}: format is csv but the source is a directory")
+    if kind == "folder" and not source.is_dir():
+        raise PrepareError(f"{source}: format is folder but the source is not a directory")
+    return kind
+
+
+def _inside(path: Path, folder: Path) -> Path | None:
+    """`path` relative to `folder` when it lies inside it, else None."""
+    try:
+        return path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return None
+
+
+def _write_outputs(
+    out_dir: Path, report_path: Path, splits: dict[str, tuple], report: dict
+) -> None:
+    """All of out_dir (and the report) appear together or not at all."""
+    report_in_out = _inside(report_path, out_dir)
+    report_written = False
+    try:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name in SPLITS:
+                save_split(tmp / f"{name}.npz", *splits[name])
+            if report_in_out is not None:
+                write_json(tmp / report_in_out, report)
+            else:
+                write_json(report_path, report)
+                report_written = True
+    except BaseException:
+        if report_written:
+            report_path.unlink(missing_ok=True)
+        raise
+
+
+def _split_summary(labels: np.ndarray, origin: str) -> dict:
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    return {
+        "origin": origin,
+        "counts": {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)},
+        "total": int(len(labels)),
+    }
+
+
+def prepare(source: Path, out_dir: Path, report_path: Path, params: PrepareParams) -> dict:
+    """Read `source` (CSV or image-folder tree), write out_dir/{train,val,test}.npz and a report.
+
+    Returns the report: source, kind, per split the origin, per-class counts and
+    total, the carved splits and the skipped rows. Raises PrepareError naming the
+    file and line (or path) on bad input; nothing is written then.
+    """
+    source, out_dir, report_path = Path(source), Path(out_dir), Path(report_path)
+    kind = _detect_kind(source, params.format)
+    if _inside(source, out_dir) is not None:
+        raise PrepareError(f"{out_dir}: output folder contains the source {source}")
+    skips = _Skips(params.on_bad_row)
+    if kind == "csv":
+        splits = _read_csv(source, params.chunk_rows, skips)
+        origins = {s: u for u, s in zip(USAGES, SPLITS, strict=True)}
+    else:
+        splits, origins = _read_folder(source, skips)
+    carved = _carve_missing(source, splits, params)
+    for s in carved:
+        origins[s] = "carved from train"
+    report = {
+        "source": str(source),
+        "kind": kind,
+        "splits": {s: _split_summary(splits[s][1], origins[s]) for s in SPLITS},
+        "carved": carved,
+        "skipped": {"count": skips.count, "first": skips.first},
+        "params": params.model_dump(),
+    }
+    _write_outputs(out_dir, report_path, splits, report)
+    logger.info(
+        "prepared %s: %s", source, ", ".join(f"{s} {report['splits'][s]['total']}" for s in SPLITS)
+    )
+    return report
