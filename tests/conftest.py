@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny generated data and a tiny backbone with B0-style layer names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def make_splits(root: Path, n_train: int = 210, n_val: int = 70, seed: int = 0) -> dict[str, Path]:
+    """Learnable tiny splits: the class sets the brightness of a band; noise elsewhere."""
+    from fer_tasks.io import save_split, write_json
+
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
+        y = np.arange(n) % 7
+        x = rng.integers(0, 80, (n, 48, 48))
+        for c in range(7):
+            x[y == c, 6 * c : 6 * c + 6, :] += 150
+        paths[split] = root / f"{split}.npz"
+        save_split(paths[split], np.clip(x, 0, 255).astype(np.uint8), y)
+    paths["class_weights"] = root / "class_weights.json"
+    write_json(paths["class_weights"], {"weights": {str(i): 1.0 for i in range(7)}})
+    return paths
+
+
+def make_tiny_backbone(path: Path, seed: int = 1) -> Path:
+    """A few-layer CNN with B0-style names (stem, block1a, block2a, top_) saved as .keras."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((48, 48, 1), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescaling")(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="block1a_conv")(x)
+    x = keras.layers.BatchNormalization(name="block1a_bn")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="block2a_conv")(x)
+    x = keras.layers.Conv2D(16, 1, name="top_conv")(x)
+    x = keras.layers.BatchNormalization(name="top_bn")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    keras.Model(inp, x, name="tiny").save(path)
+    return path
+
+
+@pytest.fixture
+def splits(tmp_path: Path) -> dict[str, Path]:
+    return make_splits(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path: Path) -> Path:
+    return make_tiny_backbone(tmp_path / "backbone.keras")

@@ -1,0 +1,41 @@
+import keras
+import pytest
+
+from fer_tasks.model import HEAD_NAME, build_model, unfreeze_model
+from fer_tasks.params import BaseModelParams
+
+
+@pytest.fixture
+def model(tiny_backbone):
+    return build_model(keras.saving.load_model(tiny_backbone), BaseModelParams())
+
+
+def test_build_model_is_the_write_up_head(model):
+    head = model.get_layer(HEAD_NAME)
+    assert head.activation.__name__ == "softmax" and head.units == 7
+    assert model.layers[-2].rate == 0.2
+    assert abs(float(head.kernel_regularizer.l2) - 1e-4) < 1e-12
+    # only the head trains at first
+    assert [w.path for w in model.trainable_weights] == [w.path for w in head.trainable_weights]
+
+
+def test_unfreeze_count_includes_head_and_skips_batchnorm(model):
+    # last 5 layers: top_conv, top_bn, max_pool, head_dropout, main_output
+    unfreeze_model(model, 5)
+    assert model.get_layer("top_conv").trainable
+    assert not model.get_layer("top_bn").trainable
+    assert not model.get_layer("block2a_conv").trainable
+
+
+def test_unfreeze_block_names(model):
+    unfreeze_model(model, "block2")
+    assert model.get_layer("block2a_conv").trainable and not model.get_layer("block1a_conv").trainable
+    unfreeze_model(model, "all", unfreeze_bn=True)
+    assert all(layer.trainable for layer in model.layers)
+
+
+def test_unfreeze_unknown_block_raises(model):
+    with pytest.raises(ValueError, match="block9"):
+        unfreeze_model(model, "block9")
+    with pytest.raises(ValueError, match="only"):
+        unfreeze_model(model, 500)

@@ -1,0 +1,131 @@
+"""Phase training: chaining, extension equals a straight run, kill/resume, collapse guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_tasks.base import build_base
+from fer_tasks.io import read_json
+from fer_tasks.params import BaseModelParams, PhaseParams
+from fer_tasks.phase import CollapseError, train_phase
+
+pytestmark = pytest.mark.slow
+
+
+def _run(root: Path, splits: dict, name: str, after: str, **kw) -> dict:
+    kw.setdefault("deterministic", True)
+    kw.setdefault("on_collapse", "warn")
+    params = PhaseParams(after=after, batch_size=16, **kw)
+    return train_phase(name, root / "phases" / after, splits["train"], splits["class_weights"],
+                       splits["val"], root / "phases" / name, root / "ckpt" / name,
+                       root / "live" / name, params)
+
+
+@pytest.fixture
+def root(tmp_path, tiny_backbone):
+    build_base(tiny_backbone, tmp_path / "phases" / "base", BaseModelParams())
+    return tmp_path
+
+
+def test_two_phases_chain_and_epochs_continue(root, splits):
+    s1 = _run(root, splits, "top", "base", unfreeze="top", epochs=2)
+    s2 = _run(root, splits, "b2", "top", unfreeze="block2", epochs=2, learning_rate=5e-4)
+    assert (s1["epoch_start"], s1["epoch_end"], s2["epoch_start"], s2["epoch_end"]) == (0, 2, 2, 4)
+    assert s2["trainable_weights"] > s1["trainable_weights"]
+    hist = read_json(root / "phases" / "b2" / "state.json")["history"]
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
+    assert [r["phase"] for r in hist] == ["top", "top", "b2", "b2"]
+    # dvclive logged the global epoch index, so the curves of both phases join
+    tsv = (root / "live" / "b2" / "plots" / "metrics" / "val" / "loss.tsv").read_text().split("\n")
+    assert [line.split("\t")[0] for line in tsv[1:] if line] == ["1", "2", "3", "4"]
+    assert json.loads((root / "live" / "b2" / "metrics.json").read_text())["step"] == 4
+    csv = (root / "live" / "b2" / "history.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch,phase,loss") and len(csv) == 5
+
+
+def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(tmp_path, tiny_backbone, splits,
+                                                                     caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fer_tasks.phase")
+    results = {}
+    for variant in ("straight", "extended"):
+        root = tmp_path / variant
+        build_base(tiny_backbone, root / "phases" / "base", BaseModelParams())
+        _run(root, splits, "top", "base", unfreeze="top", epochs=1)
+        if variant == "extended":
+            _run(root, splits, "b2", "top", unfreeze="block2", epochs=2)
+            caplog.clear()
+        results[variant] = _run(root, splits, "b2", "top", unfreeze="block2", epochs=4)
+    assert "resuming from checkpoint at epoch 3 (target 5)" in caplog.text
+    assert "epochs 4-5 of 5" in caplog.text
+    assert abs(results["straight"]["val_loss"] - results["extended"]["val_loss"]) < 1e-4
+
+
+def test_changed_params_do_not_reuse_checkpoint(root, splits, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fer_tasks.phase")
+    _run(root, splits, "top", "base", unfreeze="top", epochs=1)
+    _run(root, splits, "top", "base", unfreeze="top", epochs=2, learning_rate=1e-4)
+    assert "starting the phase over" in caplog.text
+    assert "epochs 1-2 of 2" in caplog.text
+
+
+def test_collapse_guard_fails_with_class_name(root, splits):
+    # a huge learning rate on the head drives every prediction to one class
+    with pytest.raises(CollapseError, match=r"collapsed: it predicts '\w+' for"):
+        _run(root, splits, "top", "base", unfreeze="top", epochs=1, learning_rate=1.0,
+             max_class_share=0.3, on_collapse="fail")
+    # the metric is recorded, and no model is left for a later stage to read
+    summary = json.loads((root / "live" / "top" / "metrics.json").read_text())
+    assert summary["max_class_share"] > 0.3
+    assert not (root / "phases" / "top" / "model.keras").exists()
+
+
+_KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from fer_tasks.params import PhaseParams
+from fer_tasks.phase import train_phase
+import logging; logging.basicConfig(level=logging.INFO)
+root, data = Path(sys.argv[1]), Path(sys.argv[2])
+p = PhaseParams(after="base", unfreeze="all", epochs=4, batch_size=8, deterministic=True,
+                on_collapse="warn")
+train_phase("top", root / "phases/base", data / "train.npz", data / "class_weights.json",
+            data / "val.npz", root / "phases/top", root / "ckpt/top", root / "live/top", p)
+"""
+
+
+def test_sigkill_mid_epoch_then_resume(root, tmp_path):
+    from conftest import make_splits
+
+    data = make_splits(tmp_path / "big", n_train=1400)["train"].parent
+    cmd = [sys.executable, "-c", _KILL_SCRIPT, str(root), str(data)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meta = root / "ckpt" / "top" / "last" / "ckpt.json"
+    deadline = time.monotonic() + 240
+    while not meta.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (root / "phases" / "top" / "model.keras").exists()  # nothing half-written
+    done = json.loads(meta.read_text())["epoch"]
+    assert 1 <= done < 4
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from checkpoint at epoch {done} (target 4)" in r.stderr
+    assert f"Epoch {done + 1}/4" in r.stdout + r.stderr
+    state = read_json(root / "phases" / "top" / "state.json")
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
+    assert np.isfinite(state["val_loss"])
