@@ -22,5 +22,8 @@ def resolve_backbone(out_path: Path, params: ModelParams) -> dict:
     with atomic_path(out_path) as tmp:
         model.save(tmp)
     log.info("saved %s (%d parameters) to %s", model.name, model.count_params(), out_path)
-    return {"backbone": params.backbone, "parameters": int(model.count_params()),
-            "features": int(model.output.shape[-1])}
+    return {
+        "backbone": params.backbone,
+        "parameters": int(model.count_params()),
+        "features": int(model.output.shape[-1]),
+    }

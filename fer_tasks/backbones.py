@@ -120,7 +120,11 @@ def build_backbone(params: ModelParams) -> keras.Model:
         raise BackboneError(f"model.backbone: unknown backbone {params.backbone!r}")
     log.info(
         "backbone %s (weights=%s) at %dx%d: %d layers, %d features",
-        params.backbone, params.weights, params.input_size, params.input_size,
-        len(model.layers), model.output.shape[-1],
+        params.backbone,
+        params.weights,
+        params.input_size,
+        params.input_size,
+        len(model.layers),
+        model.output.shape[-1],
     )
     return model

@@ -34,5 +34,9 @@ def build_base(backbone_path: Path, out_dir: Path, params: BaseModelParams) -> d
         "history": [],
     }
     write_json(Path(out_dir) / "state.json", state)
-    log.info("base model: %d layers, %d trainable weights", len(model.layers), len(model.trainable_weights))
+    log.info(
+        "base model: %d layers, %d trainable weights",
+        len(model.layers),
+        len(model.trainable_weights),
+    )
     return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +38,14 @@ def _cmd_prepare(a, p):
 def _cmd_rebalance(a, p):
     from fer_tasks.rebalance import rebalance
 
-    rebalance(Path(a.train), Path(a.out_train), Path(a.class_weights), Path(a.report),
-              Path(a.report_png), p.rebalance)
+    rebalance(
+        Path(a.train),
+        Path(a.out_train),
+        Path(a.class_weights),
+        Path(a.report),
+        Path(a.report_png),
+        p.rebalance,
+    )
 
 
 def _cmd_backbone(a, p):
@@ -72,8 +79,17 @@ def _cmd_phase(a, p):
         raise ParamsError(f"{a.params}: finetune.phases has no phase {a.name!r}")
     phase = p.finetune.phases[a.name]
     parent = Path(a.models) / phase.after
-    train_phase(a.name, parent, Path(a.train), Path(a.class_weights), Path(a.val),
-                Path(a.models) / a.name, Path(a.ckpt), Path(a.live), phase)
+    train_phase(
+        a.name,
+        parent,
+        Path(a.train),
+        Path(a.class_weights),
+        Path(a.val),
+        Path(a.models) / a.name,
+        Path(a.ckpt),
+        Path(a.live),
+        phase,
+    )
 
 
 def _cmd_metrics(a, p):
@@ -84,52 +100,101 @@ def _cmd_metrics(a, p):
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fer", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)  # accepted by every subcommand
+    common.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, fn, help: str, *args: tuple[str, str]) -> None:
-        sp = sub.add_parser(name, help=help)
+        sp = sub.add_parser(name, help=help, parents=[common])
         for flag, h in args:  # a trailing "?" marks an optional flag
             sp.add_argument(flag.rstrip("?"), required=not flag.endswith("?"), help=h)
         sp.set_defaults(fn=fn)
 
     add("validate", _cmd_validate, "validate the params file and exit")
-    add("synthesize", _cmd_synthesize, "write the synthetic FER2013-format CSV",
-        ("--out", "CSV path"))
-    add("prepare", _cmd_prepare, "ingest a FER2013 CSV or image-folder tree into split arrays",
-        ("--source?", "input (default: prepare.source)"), ("--out", "output dir"),
-        ("--report", "JSON report path"))
-    add("rebalance", _cmd_rebalance, "rebalance the training split",
-        ("--train", "prepared train.npz"), ("--out-train", "output train.npz"),
-        ("--class-weights", "class weights JSON"), ("--report", "report JSON"),
-        ("--report-png", "report bar chart"))
-    add("backbone", _cmd_backbone, "resolve pretrained weights and save the backbone",
-        ("--out", "backbone .keras path"))
-    add("features", _cmd_features, "frozen-backbone feature vectors per split",
-        ("--backbone", "backbone .keras"), ("--data", "prepared dir"), ("--out", "output dir"))
-    add("svm", _cmd_svm, "fit the SVM baseline on feature vectors",
-        ("--features", "features dir"), ("--out", "model dir"), ("--reports", "reports dir"))
-    add("base", _cmd_base, "build the frozen base model (write-up's build_model)",
-        ("--backbone", "backbone .keras"), ("--out", "output dir"))
-    sp = sub.add_parser("phase", help="run one fine-tuning phase")
+    add(
+        "synthesize",
+        _cmd_synthesize,
+        "write the synthetic FER2013-format CSV",
+        ("--out", "CSV path"),
+    )
+    add(
+        "prepare",
+        _cmd_prepare,
+        "ingest a FER2013 CSV or image-folder tree into split arrays",
+        ("--source?", "input (default: prepare.source)"),
+        ("--out", "output dir"),
+        ("--report", "JSON report path"),
+    )
+    add(
+        "rebalance",
+        _cmd_rebalance,
+        "rebalance the training split",
+        ("--train", "prepared train.npz"),
+        ("--out-train", "output train.npz"),
+        ("--class-weights", "class weights JSON"),
+        ("--report", "report JSON"),
+        ("--report-png", "report bar chart"),
+    )
+    add(
+        "backbone",
+        _cmd_backbone,
+        "resolve pretrained weights and save the backbone",
+        ("--out", "backbone .keras path"),
+    )
+    add(
+        "features",
+        _cmd_features,
+        "frozen-backbone feature vectors per split",
+        ("--backbone", "backbone .keras"),
+        ("--data", "prepared dir"),
+        ("--out", "output dir"),
+    )
+    add(
+        "svm",
+        _cmd_svm,
+        "fit the SVM baseline on feature vectors",
+        ("--features", "features dir"),
+        ("--out", "model dir"),
+        ("--reports", "reports dir"),
+    )
+    add(
+        "base",
+        _cmd_base,
+        "build the frozen base model (write-up's build_model)",
+        ("--backbone", "backbone .keras"),
+        ("--out", "output dir"),
+    )
+    sp = sub.add_parser("phase", help="run one fine-tuning phase", parents=[common])
     sp.add_argument("name", help="phase name (a key of finetune.phases)")
-    for flag, h in (("--models", "models/phases dir holding every phase"),
-                    ("--train", "training split .npz"), ("--class-weights", "class weights JSON"),
-                    ("--val", "validation split .npz"), ("--ckpt", "persistent checkpoint dir"),
-                    ("--live", "dvclive dir")):
+    for flag, h in (
+        ("--models", "models/phases dir holding every phase"),
+        ("--train", "training split .npz"),
+        ("--class-weights", "class weights JSON"),
+        ("--val", "validation split .npz"),
+        ("--ckpt", "persistent checkpoint dir"),
+        ("--live", "dvclive dir"),
+    ):
         sp.add_argument(flag, required=True, help=h)
     sp.set_defaults(fn=_cmd_phase)
-    add("metrics", _cmd_metrics, "print the metrics table of a finished run",
-        ("--reports", "reports dir"))
+    add(
+        "metrics",
+        _cmd_metrics,
+        "print the metrics table of a finished run",
+        ("--reports", "reports dir"),
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning chatter
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     try:
         params = load_params(args.params)

@@ -43,7 +43,11 @@ def train_dataset(
     starts from its own seeded order.
     """
     n = len(images)
-    steps = math.ceil(n / batch_size) if max_steps is None else min(max_steps, math.ceil(n / batch_size))
+    steps = (
+        math.ceil(n / batch_size)
+        if max_steps is None
+        else min(max_steps, math.ceil(n / batch_size))
+    )
     x_all = tf.constant(images[..., None])  # uint8, shared by every epoch
     y_all = tf.constant(labels.astype(np.int32))
 
@@ -78,5 +82,8 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int)
         return idx.map(lambda i: tf.cast(tf.gather(x_all, i), tf.float32)).prefetch(2)
     y_all = tf.constant(labels.astype(np.int32))
     return idx.map(
-        lambda i: (tf.cast(tf.gather(x_all, i), tf.float32), tf.one_hot(tf.gather(y_all, i), NUM_CLASSES))
+        lambda i: (
+            tf.cast(tf.gather(x_all, i), tf.float32),
+            tf.one_hot(tf.gather(y_all, i), NUM_CLASSES),
+        )
     ).prefetch(2)

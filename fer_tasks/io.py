@@ -44,7 +44,9 @@ def read_json(path: str | Path) -> dict:
 def save_split(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Write one split as an .npz with uint8 `images` (N, 48, 48) and int64 `labels` (N,)."""
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{path}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"{path}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}"
+        )
     if len(images) != len(labels):
         raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

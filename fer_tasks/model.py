@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 HEAD_NAME = "main_output"
 
 
-def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
+def compile_model(
+    model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule
+) -> None:
     """Adam + categorical cross-entropy + accuracy, as in the write-up."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
@@ -27,9 +29,7 @@ def build_model(backbone: keras.Model, params: BaseModelParams) -> keras.Model:
     """Backbone (every layer frozen) -> Dropout -> softmax Dense `main_output` with L2."""
     for layer in backbone.layers:
         layer.trainable = False
-    x = keras.layers.Dropout(params.dropout, name="head_dropout", seed=params.seed)(
-        backbone.output
-    )
+    x = keras.layers.Dropout(params.dropout, name="head_dropout", seed=params.seed)(backbone.output)
     out = keras.layers.Dense(
         NUM_CLASSES,
         activation="softmax",
@@ -60,7 +60,9 @@ def _first_index(model: keras.Model, unfreeze: int | str) -> int:
             prefix.endswith("_") or layer.name[len(prefix)].isalpha()
         ):
             return i
-    blocks = sorted({layer.name.split("_")[0][:6] for layer in layers if layer.name.startswith("block")})
+    blocks = sorted(
+        {layer.name.split("_")[0][:6] for layer in layers if layer.name.startswith("block")}
+    )
     raise ValueError(
         f"unfreeze={unfreeze!r} matches no layer of {model.name}; "
         f"use a layer count, 'all', 'top' or one of {blocks}"
@@ -82,7 +84,12 @@ def unfreeze_model(model: keras.Model, unfreeze: int | str, unfreeze_bn: bool = 
         layer.trainable = True
     log.info(
         "unfreeze=%r: layers %d..%d (%s..%s), %d newly trainable, %d trainable weights",
-        unfreeze, start, len(model.layers) - 1, model.layers[start].name, model.layers[-1].name,
-        opened, len(model.trainable_weights),
+        unfreeze,
+        start,
+        len(model.layers) - 1,
+        model.layers[start].name,
+        model.layers[-1].name,
+        opened,
+        len(model.trainable_weights),
     )
     return opened

@@ -99,7 +99,12 @@ class _Checkpoint(keras.callbacks.Callback):
 
     def __init__(self, ckpt_dir: Path, fingerprint: str, history: list[dict], lr_fn):
         super().__init__()
-        self.ckpt_dir, self.fingerprint, self.history, self.lr_fn = ckpt_dir, fingerprint, history, lr_fn
+        self.ckpt_dir, self.fingerprint, self.history, self.lr_fn = (
+            ckpt_dir,
+            fingerprint,
+            history,
+            lr_fn,
+        )
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_KEYS if k in logs}}
@@ -109,8 +114,10 @@ class _Checkpoint(keras.callbacks.Callback):
             tmp.mkdir()
             self.model.save(tmp / "model.keras")
             (tmp / "ckpt.json").write_text(
-                json.dumps({"fingerprint": self.fingerprint, "epoch": epoch + 1,
-                            "history": self.history}, indent=1)
+                json.dumps(
+                    {"fingerprint": self.fingerprint, "epoch": epoch + 1, "history": self.history},
+                    indent=1,
+                )
             )
 
 
@@ -125,7 +132,9 @@ class _LiveLogger(keras.callbacks.Callback):
         self.live.step = row["epoch"]
         for k in (*HISTORY_KEYS, "learning_rate"):
             if k in row:
-                self.live.log_metric(f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", row[k])
+                self.live.log_metric(
+                    f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", row[k]
+                )
         self.live.make_summary()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -139,10 +148,16 @@ def _load_checkpoint(ckpt_dir: Path, fingerprint: str, target_epoch: int):
         return None
     meta = json.loads(meta_path.read_text())
     if meta.get("fingerprint") != fingerprint:
-        log.info("checkpoint in %s is from other inputs or params; starting the phase over", ckpt_dir)
+        log.info(
+            "checkpoint in %s is from other inputs or params; starting the phase over", ckpt_dir
+        )
         return None
     if meta["epoch"] > target_epoch:
-        log.info("checkpoint is at epoch %d, past the target %d; starting over", meta["epoch"], target_epoch)
+        log.info(
+            "checkpoint is at epoch %d, past the target %d; starting over",
+            meta["epoch"],
+            target_epoch,
+        )
         return None
     model = keras.saving.load_model(ckpt_dir / "last" / "model.keras", safe_mode=True)
     return model, int(meta["epoch"]), meta["history"]
@@ -156,8 +171,11 @@ def _class_weights(path: Path) -> dict[int, float]:
 def _collapse_check(pred: np.ndarray, params: PhaseParams, name: str) -> dict:
     shares = np.bincount(pred, minlength=NUM_CLASSES) / max(len(pred), 1)
     top = int(shares.argmax())
-    out = {"max_class_share": float(shares[top]), "max_class": CLASS_NAMES[top],
-           "predicted_share": {c: float(s) for c, s in zip(CLASS_NAMES, shares, strict=True)}}
+    out = {
+        "max_class_share": float(shares[top]),
+        "max_class": CLASS_NAMES[top],
+        "predicted_share": {c: float(s) for c, s in zip(CLASS_NAMES, shares, strict=True)},
+    }
     out["collapsed"] = bool(shares[top] > params.max_class_share)
     out["message"] = (
         f"phase {name!r} collapsed: it predicts {CLASS_NAMES[top]!r} for {shares[top]:.1%} "
@@ -195,7 +213,9 @@ def train_phase(
     resumed = _load_checkpoint(ckpt_dir, fingerprint, target)
     if resumed is not None:
         model, initial, own_history = resumed
-        log.info("phase %s: resuming from checkpoint at epoch %d (target %d)", name, initial, target)
+        log.info(
+            "phase %s: resuming from checkpoint at epoch %d (target %d)", name, initial, target
+        )
     else:
         model = keras.saving.load_model(parent_dir / "model.keras", safe_mode=True)
         unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
@@ -211,14 +231,26 @@ def train_phase(
         logger.log_row(row)
     if initial < target:
         ds, steps = train_dataset(
-            x_train, y_train, batch_size=params.batch_size, first_epoch=initial,
-            last_epoch=target, seed=params.seed, augment=params.augment,
+            x_train,
+            y_train,
+            batch_size=params.batch_size,
+            first_epoch=initial,
+            last_epoch=target,
+            seed=params.seed,
+            augment=params.augment,
             max_steps=params.steps_per_epoch,
         )
         ckpt = _Checkpoint(ckpt_dir, fingerprint, own_history, lr_fn)
         logger.model_history = own_history
-        log.info("phase %s: epochs %d-%d of %d, unfreeze=%r, %d trainable weights",
-                 name, initial + 1, target, target, params.unfreeze, len(model.trainable_weights))
+        log.info(
+            "phase %s: epochs %d-%d of %d, unfreeze=%r, %d trainable weights",
+            name,
+            initial + 1,
+            target,
+            target,
+            params.unfreeze,
+            len(model.trainable_weights),
+        )
         model.fit(
             ds,
             epochs=target,
@@ -226,15 +258,21 @@ def train_phase(
             steps_per_epoch=steps,
             validation_data=eval_dataset(x_val, y_val, 256),
             class_weight=_class_weights(class_weights_path),
-            callbacks=[keras.callbacks.LearningRateScheduler(lr_fn), _SeedDropout(params.seed),
-                       ckpt, logger],
+            callbacks=[
+                keras.callbacks.LearningRateScheduler(lr_fn),
+                _SeedDropout(params.seed),
+                ckpt,
+                logger,
+            ],
             verbose=1 if sys.stdout.isatty() else 2,
         )
 
     probs = model.predict(eval_dataset(x_val, None, 256), verbose=0)
     pred = probs.argmax(1)
     summary = {
-        "phase": name, "epoch_start": start, "epoch_end": target,
+        "phase": name,
+        "epoch_start": start,
+        "epoch_end": target,
         "val_accuracy": float((pred == y_val).mean()),
         "val_macro_f1": float(f1_score(y_val, pred, average="macro", labels=range(NUM_CLASSES))),
         "val_loss": own_history[-1]["val_loss"] if own_history else None,

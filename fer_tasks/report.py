@@ -26,9 +26,17 @@ def metrics_table(reports_dir: Path) -> str:
                 rows.append(_row(f"svm baseline ({split})", m[split]))
     for path in sorted((reports_dir / "phases").glob("*/metrics.json"), key=_epoch_key):
         m = json.loads(path.read_text())
-        rows.append(_row(f"phase@{path.parent.name} (val)", {
-            "accuracy": m.get("val", {}).get("accuracy"), "macro_f1": m.get("val_macro_f1"),
-            "loss": m.get("val", {}).get("loss"), "epochs": m.get("step")}))
+        rows.append(
+            _row(
+                f"phase@{path.parent.name} (val)",
+                {
+                    "accuracy": m.get("val", {}).get("accuracy"),
+                    "macro_f1": m.get("val_macro_f1"),
+                    "loss": m.get("val", {}).get("loss"),
+                    "epochs": m.get("step"),
+                },
+            )
+        )
     final = reports_dir / "evaluate" / "metrics.json"
     if final.is_file():
         rows.append(_row("final model (test)", json.loads(final.read_text())))

@@ -46,16 +46,24 @@ def test_b0_imagenet_offline_fails_fast_with_remedy(tmp_path):
         "else:\n"
         "    raise SystemExit('no error')\n"
     )
-    env = {"KERAS_HOME": str(tmp_path / "keras"), "PATH": "/usr/bin:/bin",
-           # an unreachable proxy: every HTTP(S) request is refused at once
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "PATH": "/usr/bin:/bin",
+        # an unreachable proxy: every HTTP(S) request is refused at once
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     elapsed = time.monotonic() - t0
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(tmp_path / "keras" / "models" / "efficientnetb0_notop.h5") in r.stdout
     assert "efficientnet_lite0" in r.stdout  # the offline alternative is named
-    assert elapsed < 60, f"took {elapsed:.0f} s"  # import of TF included; the failure itself is fast
+    assert elapsed < 60, (
+        f"took {elapsed:.0f} s"
+    )  # import of TF included; the failure itself is fast

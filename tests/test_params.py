@@ -33,8 +33,13 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("section", "key", "value"),
-    [("svm", "C", -1), ("base", "dropout", 1.5), ("model", "input_size", 8),
-     ("rebalance", "method", "smote"), ("prepare", "on_bad_row", "ignore")],
+    [
+        ("svm", "C", -1),
+        ("base", "dropout", 1.5),
+        ("model", "input_size", 8),
+        ("rebalance", "method", "smote"),
+        ("prepare", "on_bad_row", "ignore"),
+    ],
 )
 def test_out_of_range_names_key(tmp_path, section, key, value):
     path = _write(tmp_path, lambda d: d[section].update({key: value}))
@@ -66,8 +71,8 @@ def test_phase_order_and_start_epochs():
 def test_cli_validate_fails_without_tensorflow(tmp_path):
     path = _write(tmp_path, lambda d: d["rebalance"].update(methd="x"))
     code = (
-        "import sys; from fer_tasks.cli import main; rc = main(['--params', sys.argv[1], "
-        "'validate']); assert 'tensorflow' not in sys.modules; sys.exit(rc)"
+        "import sys; from fer_tasks.cli import main; rc = main(['validate', '--params', "
+        "sys.argv[1]]); assert 'tensorflow' not in sys.modules; sys.exit(rc)"
     )
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert r.returncode == 1

@@ -23,9 +23,17 @@ def _run(root: Path, splits: dict, name: str, after: str, **kw) -> dict:
     kw.setdefault("deterministic", True)
     kw.setdefault("on_collapse", "warn")
     params = PhaseParams(after=after, batch_size=16, **kw)
-    return train_phase(name, root / "phases" / after, splits["train"], splits["class_weights"],
-                       splits["val"], root / "phases" / name, root / "ckpt" / name,
-                       root / "live" / name, params)
+    return train_phase(
+        name,
+        root / "phases" / after,
+        splits["train"],
+        splits["class_weights"],
+        splits["val"],
+        root / "phases" / name,
+        root / "ckpt" / name,
+        root / "live" / name,
+        params,
+    )
 
 
 @pytest.fixture
@@ -50,8 +58,9 @@ def test_two_phases_chain_and_epochs_continue(root, splits):
     assert csv[0].startswith("epoch,phase,loss") and len(csv) == 5
 
 
-def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(tmp_path, tiny_backbone, splits,
-                                                                     caplog):
+def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(
+    tmp_path, tiny_backbone, splits, caplog
+):
     import logging
 
     caplog.set_level(logging.INFO, logger="fer_tasks.phase")
@@ -82,8 +91,17 @@ def test_changed_params_do_not_reuse_checkpoint(root, splits, caplog):
 def test_collapse_guard_fails_with_class_name(root, splits):
     # a huge learning rate on the head drives every prediction to one class
     with pytest.raises(CollapseError, match=r"collapsed: it predicts '\w+' for"):
-        _run(root, splits, "top", "base", unfreeze="top", epochs=1, learning_rate=1.0,
-             max_class_share=0.3, on_collapse="fail")
+        _run(
+            root,
+            splits,
+            "top",
+            "base",
+            unfreeze="top",
+            epochs=1,
+            learning_rate=1.0,
+            max_class_share=0.3,
+            on_collapse="fail",
+        )
     # the metric is recorded, and no model is left for a later stage to read
     summary = json.loads((root / "live" / "top" / "metrics.json").read_text())
     assert summary["max_class_share"] > 0.3
