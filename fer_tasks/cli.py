@@ -92,6 +92,26 @@ def _cmd_phase(a, p):
     )
 
 
+def _cmd_evaluate(a, p):
+    from fer_tasks.evaluate import evaluate
+
+    svm = Path(a.svm_metrics) if a.svm_metrics else None
+    evaluate(Path(a.model), Path(a.test), svm, Path(a.out), p.evaluate)
+
+
+def _cmd_export(a, p):
+    from fer_tasks.export import export_tflite
+
+    export_tflite(Path(a.model), Path(a.train), Path(a.test), Path(a.out), Path(a.report), p.export)
+
+
+def _cmd_predict(a) -> int:
+    """Needs no params file; with a .tflite model it never imports TensorFlow."""
+    from fer_tasks.predict import predict
+
+    return predict([Path(x) for x in a.paths], Path(a.model), detect=a.detect, top=a.top)
+
+
 def _cmd_metrics(a, p):
     from fer_tasks.report import metrics_table
 
@@ -196,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.cmd == "predict":  # no params file needed, and no TensorFlow for a .tflite
+        return _cmd_predict(args)
     try:
         params = load_params(args.params)
         args.fn(args, params)

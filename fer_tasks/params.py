@@ -68,7 +68,7 @@ class FeaturesParams(_Section):
 
 class SvmParams(_Section):
     kernel: Literal["linear", "rbf"] = "linear"
-    C: float = Field(0.1, gt=0.0, le=1e6)
+    C: float = Field(0.001, gt=0.0, le=1e6)
     class_weight: Literal["balanced", "none"] = "balanced"
     pca_components: int | None = Field(None, ge=1, le=10_000)
     max_train_samples: int | None = Field(None, ge=10)

@@ -1,0 +1,207 @@
+"""`export` stage: TFLite float32, float16 and full-integer int8 versions of the final model.
+
+`export_tflite` converts the `.keras` model with
+`tf.lite.TFLiteConverter.from_keras_model` three ways and writes, in `out_dir`:
+
+``model_float32.tflite``
+    No optimisation: float32 weights and activations.
+``model_float16.tflite``
+    float16 weights (dequantized to float32 at load); float32 input and output.
+``model_int8.tflite``
+    Full-integer quantization (``TFLITE_BUILTINS_INT8`` only, so conversion
+    fails rather than leave a float op behind), calibrated on
+    ``export.representative_samples`` training images drawn with
+    ``export.seed``. Input: **uint8 raw pixels** (scale 1, zero point 0: the
+    representative set always spans 0-255, see `representative_images`), so a
+    caller feeds the 48x48 grayscale image bytes unchanged. Output: **float32
+    probabilities** -- the converter keeps a final dequantize of the 7 softmax
+    values, which costs nothing measurable and spares every consumer the
+    output scale/zero point (a uint8 softmax output would have scale 1/256).
+
+Every model is run on LiteRT (`ai_edge_litert`, one thread) over the test
+split; the report (`report_path`, e.g. reports/export.json) holds the Keras
+model's test accuracy and, per variant, the file size, its test accuracy, the
+difference from the Keras accuracy in points, the share of test images on
+which it predicts the same class as the Keras model, the median single-image
+latency over ``export.latency_runs`` invokes, and the input/output types. The
+stage raises -- after writing the models and the report, so the figures can be
+read -- when the int8 accuracy is more than ``export.max_int8_drop`` points
+below the Keras accuracy (an int8 model that scores *better* always passes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fer_tasks import IMAGE_SIZE
+from fer_tasks.io import atomic_path, load_split, write_json
+from fer_tasks.params import ExportParams
+from fer_tasks.predict import TFLiteClassifier
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("float32", "float16", "int8")
+EVAL_BATCH = 64
+
+
+class Int8AccuracyError(RuntimeError):
+    """The int8 model loses more accuracy than `export.max_int8_drop` allows."""
+
+
+def representative_images(train_images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` training images drawn without replacement (all when fewer), seeded, as uint8.
+
+    The first image gets one pixel set to 0 and one to 255 (top-left corner) so
+    the calibrated input range is exactly 0-255 whatever the sample: the int8
+    model's uint8 input then has scale 1, zero point 0, i.e. takes raw pixels.
+    """
+    if len(train_images) == 0:
+        raise ValueError("the training split is empty: no representative images")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(train_images), size=min(n, len(train_images)), replace=False)
+    sample = np.array(train_images[np.sort(idx)], dtype=np.uint8)
+    sample[0, 0, 0], sample[0, 0, 1] = 0, 255
+    return sample
+
+
+def convert(model, variant: str, representative: np.ndarray | None = None) -> bytes:
+    """One TFLite flatbuffer of the Keras `model` (see the module doc for each variant)."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif variant == "int8":
+        if representative is None:
+            raise ValueError("int8 conversion needs representative images")
+
+        def gen() -> Iterator[list[np.ndarray]]:
+            for img in representative:
+                yield [img[None, :, :, None].astype(np.float32)]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = gen
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.float32
+    elif variant != "float32":
+        raise ValueError(f"unknown TFLite variant {variant!r}")
+    # Keras' SavedModel export prints every captured tensor to stdout; keep it for debug logs
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+        # the uint8 input's statistics come from the representative set: nothing to add
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        blob = conv.convert()
+    log.debug("converter output (%s):\n%s", variant, chatter.getvalue())
+    return blob
+
+
+def export_tflite(
+    model_path: Path,
+    train_path: Path,
+    test_path: Path,
+    out_dir: Path,
+    report_path: Path,
+    params: ExportParams,
+) -> dict:
+    """Write the three .tflite variants and the report; raise `Int8AccuracyError` on a big drop.
+
+    Returns the report.
+    """
+    import keras
+
+    from fer_tasks.data import eval_dataset
+
+    model_path, out_dir, report_path = Path(model_path), Path(out_dir), Path(report_path)
+    train_images, _ = load_split(train_path)
+    test_images, test_labels = load_split(test_path)
+    for path, arr in ((train_path, train_images), (test_path, test_images)):
+        if arr.dtype != np.uint8 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(
+                f"{path}: expected uint8 (N, 48, 48) images, got {arr.dtype} {arr.shape}"
+            )
+    if len(test_images) == 0:
+        raise ValueError(f"{test_path}: the test split is empty")
+
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    keras_probs = model.predict(eval_dataset(test_images, None, EVAL_BATCH), verbose=0)
+    keras_pred = np.asarray(keras_probs).argmax(axis=1)
+    keras_acc = float(np.mean(keras_pred == test_labels))
+    log.info("Keras model: test accuracy %.4f (n=%d)", keras_acc, len(test_labels))
+
+    rep = representative_images(train_images, params.representative_samples, params.seed)
+    variants: dict[str, dict] = {}
+    with atomic_path(out_dir) as tmp_dir:
+        tmp_dir.mkdir()
+        for variant in VARIANTS:
+            blob = convert(model, variant, rep if variant == "int8" else None)
+            file = tmp_dir / f"model_{variant}.tflite"
+            file.write_bytes(blob)
+            clf = TFLiteClassifier(file, num_threads=1)
+            pred = clf.predict(test_images, EVAL_BATCH).argmax(axis=1)
+            acc = float(np.mean(pred == test_labels))
+            latency = clf.latency_ms(test_images[0], params.latency_runs)
+            entry = {
+                "file": str(out_dir / file.name),
+                "size_bytes": len(blob),
+                "accuracy": acc,
+                "accuracy_diff_points": 100 * (acc - keras_acc),
+                # share of test images whose predicted class equals the Keras model's
+                "agreement_with_keras": float(np.mean(pred == keras_pred)),
+                "latency_ms_median": latency,
+                "input_dtype": clf.input_dtype.name,
+                "output_dtype": clf.output_dtype.name,
+            }
+            if clf.input_dtype.kind != "f":
+                scale, zero = clf.input_quantization
+                entry["input_quantization"] = {"scale": scale, "zero_point": zero}
+                if (scale, zero) != (1.0, 0):  # still correct: callers quantize with these
+                    log.warning(
+                        "%s input is not raw pixels: scale %g, zero point %d", variant, scale, zero
+                    )
+            variants[variant] = entry
+            log.info(
+                "%s: %d bytes, accuracy %.4f (%+.2f points), %.3f ms/image",
+                variant,
+                len(blob),
+                acc,
+                entry["accuracy_diff_points"],
+                latency,
+            )
+    for entry in variants.values():
+        entry["size_vs_float32"] = entry["size_bytes"] / variants["float32"]["size_bytes"]
+
+    drop = -variants["int8"]["accuracy_diff_points"]
+    report = {
+        "keras": {"file": str(model_path), "accuracy": keras_acc},
+        "n_test": int(len(test_labels)),
+        "variants": variants,
+        "int8_drop_points": drop,
+        "max_int8_drop": params.max_int8_drop,
+        "int8_ok": drop <= params.max_int8_drop + 1e-9,  # float slack
+        "latency": {
+            "runs": params.latency_runs,
+            "threads": 1,
+            "runtime": "ai_edge_litert",
+            "machine": platform.machine(),
+        },
+        "representative_samples": int(len(rep)),
+        "seed": params.seed,
+    }
+    write_json(report_path, report)
+    if not report["int8_ok"]:
+        raise Int8AccuracyError(
+            f"int8 model test accuracy {100 * variants['int8']['accuracy']:.2f} % is "
+            f"{drop:.2f} points below the Keras model's {100 * keras_acc:.2f} % "
+            f"(export.max_int8_drop = {params.max_int8_drop}); see {report_path}"
+        )
+    return report

@@ -1,0 +1,418 @@
+"""`fer predict`: expression probabilities for faces in ordinary image files.
+
+`predict(paths, model_path)` takes image files and folders (searched
+recursively for common image suffixes) and a `.keras` or `.tflite` model, and
+prints one JSON line per face::
+
+    {"file": "photo.jpg", "box": [x, y, w, h], "probabilities": {"angry": 0.01, ...}}
+
+or, with ``top=k``, one short human-readable line per face
+(``photo.jpg [177,56,114,114]: happy 81.2%, neutral 9.3%``).
+
+Faces
+    With ``detect=True`` (the default) faces are found with OpenCV's bundled
+    Haar cascade (``haarcascade_frontalface_default.xml``; OpenCV 4.x, since
+    OpenCV 5 no longer ships the cascade classifier). Each detected box is
+    padded by `PAD` of its size on every side (FER2013 crops include some
+    forehead and chin), clipped to the image, and that region -- the one the
+    model sees and the ``box`` printed -- is converted to grayscale and resized
+    to 48x48. With ``detect=False`` the whole image is taken as one pre-cropped
+    face (``box`` = the whole image).
+
+Models
+    ``.tflite`` files run on LiteRT (`ai_edge_litert`) and never import
+    TensorFlow, so a light install (numpy, Pillow, LiteRT, OpenCV) can predict.
+    An input of type uint8/int8 is fed quantized pixels (for the int8 export
+    that is the raw 0-255 pixels: scale 1, zero point 0), a float input the
+    pixels as float 0-255; a quantized output is dequantized, and the printed
+    probabilities are renormalised to sum to 1 (an int8 softmax is quantized in
+    steps of 1/256, so its raw values may sum to 1 +- 0.01). ``.keras`` files
+    load with ``safe_mode=True`` (this needs TensorFlow).
+
+Bad input
+    Every file is handled on its own: a path that does not exist, a file that
+    is not an image, a truncated image, an image over `MAX_PIXELS` (checked on
+    the header, before anything is decoded: decompression bombs) and an image
+    with no face each print ``fer predict: <file>: <reason>`` on stderr; the
+    other files are still processed. `predict` returns 0 when every file gave
+    at least one face, 1 when any failed, 2 when the model cannot be used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
+)
+MAX_PIXELS = 50_000_000  # refuse larger images without decoding them
+PAD = 0.1  # share of the detected box added on each side before cropping
+DETECT_MAX_SIDE = 1024  # detection runs on a copy no larger than this (speed)
+CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+EXIT_OK, EXIT_FILE_ERRORS, EXIT_MODEL_ERROR = 0, 1, 2
+
+
+class ModelError(RuntimeError):
+    """A model file that is missing, of an unknown kind, or not a 48x48x1 -> 7 classifier."""
+
+
+class ImageError(ValueError):
+    """One input file that cannot be used; the message says why (the caller adds the file)."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TFLiteClassifier:
+    """A `.tflite` FER classifier on LiteRT: uint8 (N, 48, 48) pixels -> float (N, 7) probabilities.
+
+    Quantized inputs get ``round(pixel / scale + zero_point)`` (identity for the
+    int8 export's scale 1 / zero point 0); float inputs get float 0-255.
+    Never imports TensorFlow.
+    """
+
+    def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        try:
+            self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(f"{self.path}: not a loadable TFLite model ({err})") from None
+        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(
+                f"{self.path}: expected one input and one output, "
+                f"got {len(inputs)} and {len(outputs)}"
+            )
+        self._in, self._out = inputs[0], outputs[0]
+        if tuple(self._in["shape"][1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1):
+            raise ModelError(
+                f"{self.path}: input shape {self._in['shape'].tolist()} is not "
+                f"[N, {IMAGE_SIZE}, {IMAGE_SIZE}, 1]"
+            )
+        if self._out["shape"][-1] != NUM_CLASSES:
+            raise ModelError(
+                f"{self.path}: output shape {self._out['shape'].tolist()} "
+                f"does not end in {NUM_CLASSES} classes"
+            )
+        self._batch = int(self._in["shape"][0])
+        self._interp.allocate_tensors()
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._in["dtype"])
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(self._out["dtype"])
+
+    @property
+    def input_quantization(self) -> tuple[float, int]:
+        """(scale, zero_point) of the input; (0.0, 0) for a float input."""
+        scale, zero = self._in["quantization"]
+        return float(scale), int(zero)
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._interp.resize_tensor_input(self._in["index"], [n, IMAGE_SIZE, IMAGE_SIZE, 1])
+            self._interp.allocate_tensors()
+            self._batch = n
+
+    def _input(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images)[..., None]
+        dtype = self.input_dtype
+        if dtype.kind == "f":
+            return x.astype(dtype)
+        scale, zero = self.input_quantization
+        if dtype == np.uint8 and x.dtype == np.uint8 and scale == 1.0 and zero == 0:
+            return x
+        if scale == 0.0:
+            raise ModelError(f"{self.path}: integer input {dtype} without quantization parameters")
+        info = np.iinfo(dtype)
+        q = np.round(x.astype(np.float32) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _output(self) -> np.ndarray:
+        y = self._interp.get_tensor(self._out["index"])
+        if self.output_dtype.kind != "f":
+            scale, zero = self._out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32, copy=False).reshape(-1, NUM_CLASSES)
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities (N, 7) for uint8 images (N, 48, 48)."""
+        images = np.asarray(images)
+        out = np.empty((len(images), NUM_CLASSES), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            self._resize(len(chunk))
+            self._interp.set_tensor(self._in["index"], self._input(chunk))
+            self._interp.invoke()
+            out[start : start + len(chunk)] = self._output()
+        return out
+
+    def latency_ms(self, image: np.ndarray, runs: int, warmup: int = 5) -> float:
+        """Median wall time (ms) of `runs` single-image invokes (input set once)."""
+        import time
+
+        self._resize(1)
+        self._interp.set_tensor(self._in["index"], self._input(np.asarray(image)[None]))
+        for _ in range(warmup):
+            self._interp.invoke()
+        times = np.empty(runs)
+        for i in range(runs):
+            t0 = time.perf_counter_ns()
+            self._interp.invoke()
+            times[i] = time.perf_counter_ns() - t0
+        return float(np.median(times) / 1e6)
+
+
+class KerasClassifier:
+    """A `.keras` FER classifier loaded in safe mode (imports TensorFlow)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            import keras
+        except ImportError as err:
+            raise ModelError(
+                f"{self.path}: .keras models need TensorFlow/Keras ({err}); "
+                f"install the full package or predict with a .tflite export"
+            ) from None
+        try:
+            self._model = keras.saving.load_model(self.path, compile=False, safe_mode=True)
+        except Exception as err:  # Keras raises many types for a bad file
+            raise ModelError(f"{self.path}: not a loadable .keras model ({err})") from None
+        in_shape, out_shape = tuple(self._model.input_shape[1:]), self._model.output_shape
+        if in_shape != (IMAGE_SIZE, IMAGE_SIZE, 1) or out_shape[-1] != NUM_CLASSES:
+            raise ModelError(
+                f"{self.path}: expected input (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) and "
+                f"{NUM_CLASSES} outputs, got {self._model.input_shape} -> {out_shape}"
+            )
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        import keras
+
+        x = np.asarray(images, dtype=np.float32)[..., None]
+        out = [
+            keras.ops.convert_to_numpy(self._model(x[i : i + batch_size], training=False))
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def load_classifier(model_path: str | Path, num_threads: int | None = None):
+    """A `TFLiteClassifier` or `KerasClassifier` by suffix; `ModelError` when unusable."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.suffix == ".tflite":
+        return TFLiteClassifier(path, num_threads=num_threads)
+    if path.suffix == ".keras":
+        return KerasClassifier(path)
+    raise ModelError(f"{path}: unknown model kind {path.suffix!r} (use a .keras or .tflite file)")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def iter_inputs(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None]]:
+    """(file, None) for every file to read, or (path, reason) for a path that cannot be.
+
+    A folder yields its image files (by suffix) recursively in sorted order; a
+    file named directly is always tried, whatever its suffix.
+    """
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                yield p, "folder holds no image files"
+            yield from ((f, None) for f in found)
+        elif p.is_file():
+            yield p, None
+        elif p.exists():
+            yield p, "not a regular file or folder"
+        else:
+            yield p, "no such file or folder"
+
+
+def read_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The image as uint8 grayscale (H, W); `ImageError` for anything unusable.
+
+    The pixel count is read from the header and checked before decoding.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError("not an image file (format not recognised)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image too large, not decoded ({err})") from None
+    except OSError as err:
+        raise ImageError(f"cannot open: {err}") from None
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(
+                f"image too large, not decoded: {w}x{h} = {w * h / 1e6:.1f} megapixels "
+                f"(limit {max_pixels / 1e6:g})"
+            )
+        if w < 1 or h < 1:
+            raise ImageError(f"empty image ({w}x{h})")
+        try:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
+                return (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
+            gray = img.convert("L")
+        except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
+            raise ImageError(f"corrupt or truncated image ({err})") from None
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _resize48(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    from PIL import Image
+
+    x, y, w, h = box
+    region = Image.fromarray(gray).crop((x, y, x + w, y + h))
+    return np.asarray(region.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+
+
+class FaceDetector:
+    """OpenCV's Haar frontal-face cascade; boxes padded by `PAD` and clipped to the image."""
+
+    def __init__(self) -> None:
+        try:
+            import cv2
+        except ImportError as err:
+            raise ModelError(
+                f"face detection needs OpenCV (pip install 'opencv-python-headless<5'): {err}; "
+                f"or pass detect=False (--no-detect) for pre-cropped faces"
+            ) from None
+        if not hasattr(cv2, "CascadeClassifier"):
+            raise ModelError(
+                f"face detection needs OpenCV 4.x (opencv-python-headless<5): OpenCV "
+                f"{cv2.__version__} has no Haar cascade classifier; or pass detect=False "
+                f"(--no-detect) for pre-cropped faces"
+            )
+        path = Path(cv2.data.haarcascades) / CASCADE_FILE
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise ModelError(f"cannot load OpenCV's face cascade {path}")
+        self._cv2 = cv2
+
+    def boxes(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        h, w = gray.shape
+        f = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        small = gray
+        if f < 1.0:
+            small = self._cv2.resize(
+                gray,
+                (max(1, round(w * f)), max(1, round(h * f))),
+                interpolation=self._cv2.INTER_AREA,
+            )
+        found = self._cascade.detectMultiScale(
+            small, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)
+        )
+        out = []
+        for bx, by, bw, bh in (np.asarray(b, dtype=np.float64) / f for b in found):
+            x0, y0 = max(0, round(bx - PAD * bw)), max(0, round(by - PAD * bh))
+            x1, y1 = min(w, round(bx + bw * (1 + PAD))), min(h, round(by + bh * (1 + PAD)))
+            if x1 > x0 and y1 > y0:
+                out.append((x0, y0, x1 - x0, y1 - y0))
+        return sorted(out)
+
+
+def faces(path: Path, detector: FaceDetector | None) -> tuple[np.ndarray, list[list[int]]]:
+    """48x48 uint8 face crops (K, 48, 48) and their boxes for one file; `ImageError` if none."""
+    gray = read_gray(path)
+    h, w = gray.shape
+    if detector is None:
+        boxes = [(0, 0, w, h)]
+    else:
+        boxes = detector.boxes(gray)
+        if not boxes:
+            raise ImageError("no face found (pass detect=False / --no-detect for cropped faces)")
+    crops = np.stack([_resize48(gray, b) for b in boxes])
+    return crops, [list(map(int, b)) for b in boxes]
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_face(file: Path, box: list[int], probs: np.ndarray, top: int | None) -> str:
+    if top is None:
+        return json.dumps(
+            {
+                "file": str(file),
+                "box": box,
+                "probabilities": {
+                    n: round(float(p), 6) for n, p in zip(CLASS_NAMES, probs, strict=True)
+                },
+            }
+        )
+    order = np.argsort(-probs, kind="stable")[:top]
+    best = ", ".join(f"{CLASS_NAMES[i]} {100 * probs[i]:.1f}%" for i in order)
+    return f"{file} [{','.join(map(str, box))}]: {best}"
+
+
+def predict(
+    paths: list[Path],
+    model_path: Path,
+    *,
+    detect: bool = True,
+    top: int | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Classify the faces in `paths`; print one line per face to `out` (default stdout).
+
+    Per-file problems go to `err` (default stderr) as ``fer predict: <file>: <reason>``
+    and the other files are still processed. Returns 0 (all files gave faces),
+    1 (some file failed) or 2 (the model or the face detector cannot be used).
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    if top is not None and not 1 <= top <= NUM_CLASSES:
+        print(f"fer predict: error: top must be 1..{NUM_CLASSES}, got {top}", file=err)
+        return EXIT_MODEL_ERROR
+    try:
+        model = load_classifier(model_path)
+        detector = FaceDetector() if detect else None
+    except ModelError as e:
+        print(f"fer predict: error: {e}", file=err)
+        return EXIT_MODEL_ERROR
+
+    failed = 0
+    for path, problem in iter_inputs(paths):
+        try:
+            if problem is not None:
+                raise ImageError(problem)
+            crops, boxes = faces(path, detector)
+        except ImageError as e:
+            print(f"fer predict: {path}: {e}", file=err)
+            failed += 1
+            continue
+        probs = model.predict(crops)
+        # an int8 model's softmax comes in steps of 1/256: renormalise so each line sums to 1
+        probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+        for box, p in zip(boxes, probs, strict=True):
+            print(format_face(path, box, p, top), file=out)
+        out.flush()
+    return EXIT_FILE_ERRORS if failed else EXIT_OK

@@ -1,0 +1,202 @@
+"""Tests for fer_tasks.export: TFLite float32/float16/int8 of a tiny trained CNN, run on LiteRT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_tasks import NUM_CLASSES
+from fer_tasks.export import (
+    Int8AccuracyError,
+    export_tflite,
+    representative_images,
+)
+from fer_tasks.io import read_json, save_split
+from fer_tasks.params import ExportParams
+from fer_tasks.predict import TFLiteClassifier
+
+pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
+VARIANT_KEYS = {
+    "file",
+    "size_bytes",
+    "accuracy",
+    "accuracy_diff_points",
+    "latency_ms_median",
+    "input_dtype",
+    "output_dtype",
+    "size_vs_float32",
+    "agreement_with_keras",
+}
+
+
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The class sets which horizontal band is bright; noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
+    x = rng.integers(0, 90, (n, 48, 48))
+    for c in range(NUM_CLASSES):
+        x[y == c, 6 * c : 6 * c + 6, :] += 140
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def _tiny_model(x: np.ndarray, y: np.ndarray, epochs: int):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((48, 48, 1), name="image")
+    h = keras.layers.Rescaling(1 / 255)(inp)
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="main_output")(h)
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[..., None].astype("float32"), y, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("export")
+    x_train, y_train = _split(420, seed=1)
+    x_test, y_test = _split(210, seed=2)
+    _tiny_model(x_train, y_train, epochs=6).save(root / "model.keras")
+    save_split(root / "train.npz", x_train, y_train)
+    save_split(root / "test.npz", x_test, y_test)
+    params = ExportParams(representative_samples=100, latency_runs=20, seed=0)
+    report = export_tflite(
+        root / "model.keras",
+        root / "train.npz",
+        root / "test.npz",
+        root / "export",
+        root / "reports" / "export.json",
+        params,
+    )
+    return {"root": root, "report": report, "x_test": x_test, "y_test": y_test}
+
+
+def test_report_has_every_field(exported) -> None:
+    report, root = exported["report"], exported["root"]
+    assert read_json(root / "reports" / "export.json") == report
+    assert set(report["variants"]) == {"float32", "float16", "int8"}
+    for name, v in report["variants"].items():
+        assert set(v) >= VARIANT_KEYS, name
+        assert Path(v["file"]) == root / "export" / f"model_{name}.tflite"
+        assert Path(v["file"]).stat().st_size == v["size_bytes"] > 0
+        assert 0.0 <= v["accuracy"] <= 1.0
+        assert v["latency_ms_median"] > 0
+        assert v["accuracy_diff_points"] == pytest.approx(
+            100 * (v["accuracy"] - report["keras"]["accuracy"])
+        )
+    assert report["keras"]["accuracy"] > 0.9  # the data is learnable
+    assert report["int8_ok"] is True
+    assert report["latency"]["threads"] == 1 and report["latency"]["runs"] == 20
+    assert sorted(p.name for p in (root / "export").iterdir()) == [
+        "model_float16.tflite",
+        "model_float32.tflite",
+        "model_int8.tflite",
+    ]
+
+
+def test_int8_is_smaller_and_takes_raw_uint8_pixels(exported) -> None:
+    v = exported["report"]["variants"]
+    assert v["int8"]["size_bytes"] < v["float32"]["size_bytes"]
+    assert v["float16"]["size_bytes"] < v["float32"]["size_bytes"]
+    assert v["int8"]["input_dtype"] == "uint8" and v["int8"]["output_dtype"] == "float32"
+    assert v["int8"]["input_quantization"] == {"scale": 1.0, "zero_point": 0}
+    assert v["float32"]["input_dtype"] == "float32"
+
+
+def test_accuracy_parity_within_bound(exported) -> None:
+    report = exported["report"]
+    for name in ("float32", "float16"):
+        assert abs(report["variants"][name]["accuracy_diff_points"]) < 0.5, name
+        assert report["variants"][name]["agreement_with_keras"] > 0.99, name
+    assert report["variants"]["int8"]["agreement_with_keras"] > 0.95
+    assert report["int8_drop_points"] <= 1.5
+
+
+def test_tflite_probabilities_match_keras(exported) -> None:
+    import keras
+
+    model = keras.saving.load_model(exported["root"] / "model.keras", safe_mode=True)
+    x = exported["x_test"][:32]
+    ref = model.predict(x[..., None].astype("float32"), verbose=0)
+    for name, tol in (("float32", 1e-4), ("float16", 1e-2), ("int8", 0.1)):
+        clf = TFLiteClassifier(exported["root"] / "export" / f"model_{name}.tflite", 1)
+        probs = clf.predict(x, batch_size=10)  # exercises tensor resizing
+        assert probs.shape == (32, NUM_CLASSES)
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=0.02)
+        assert np.abs(probs - ref).max() < tol, name
+
+
+def test_stage_fails_after_writing_report_when_int8_drop_too_big(
+    exported, tmp_path, monkeypatch
+) -> None:
+    """Force a drop: the int8 model's predictions are shifted by one class."""
+    root = exported["root"]
+    real_predict = TFLiteClassifier.predict
+
+    def worse(self, images, batch_size=64):
+        probs = real_predict(self, images, batch_size)
+        return np.roll(probs, 1, axis=1) if self.path.name == "model_int8.tflite" else probs
+
+    monkeypatch.setattr(TFLiteClassifier, "predict", worse)
+    report_path = tmp_path / "export.json"
+    with pytest.raises(
+        Int8AccuracyError,
+        match=r"int8 model test accuracy .* points below the "
+        r"Keras model's .*max_int8_drop = 1.5",
+    ):
+        export_tflite(
+            root / "model.keras",
+            root / "train.npz",
+            root / "test.npz",
+            tmp_path / "export",
+            report_path,
+            ExportParams(representative_samples=20, latency_runs=2),
+        )
+    report = read_json(report_path)  # written before raising
+    assert report["int8_ok"] is False and report["int8_drop_points"] > 1.5
+    assert (tmp_path / "export" / "model_int8.tflite").is_file()
+
+
+def test_max_int8_drop_zero_trips_on_one_lost_image(exported, tmp_path, monkeypatch) -> None:
+    """max_int8_drop=0: one test image fewer right than Keras is enough to fail."""
+    root = exported["root"]
+    real_predict = TFLiteClassifier.predict
+    y = exported["y_test"]
+
+    def one_wrong(self, images, batch_size=64):
+        probs = real_predict(self, images, batch_size)
+        if self.path.name == "model_int8.tflite" and len(images) > 1:
+            right = np.flatnonzero(probs.argmax(axis=1) == y)[0]
+            probs[right] = np.roll(probs[right], 1)
+        return probs
+
+    monkeypatch.setattr(TFLiteClassifier, "predict", one_wrong)
+    with pytest.raises(Int8AccuracyError):
+        export_tflite(
+            root / "model.keras",
+            root / "train.npz",
+            root / "test.npz",
+            tmp_path / "export",
+            tmp_path / "export.json",
+            ExportParams(max_int8_drop=0.0, representative_samples=20, latency_runs=2),
+        )
+
+
+def test_representative_images_seeded_and_span_full_range() -> None:
+    x = np.full((50, 48, 48), 100, np.uint8)
+    x[:, 1, 1] = np.arange(50)
+    a, b = representative_images(x, 10, seed=3), representative_images(x, 10, seed=3)
+    assert np.array_equal(a, b) and a.shape == (10, 48, 48)
+    assert not np.array_equal(a, representative_images(x, 10, seed=4))
+    assert a.min() == 0 and a.max() == 255
+    assert len(representative_images(x, 500, seed=0)) == 50
+    with pytest.raises(ValueError, match="empty"):
+        representative_images(x[:0], 5, seed=0)

@@ -1,0 +1,282 @@
+"""Tests for fer_tasks.predict: faces in real photos, .keras and .tflite models, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks.predict import MAX_PIXELS, predict, read_gray
+
+pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_cascade() -> bool:
+    import cv2
+
+    return hasattr(cv2, "CascadeClassifier")
+
+
+needs_cascade = pytest.mark.skipif(
+    not _has_cascade(),
+    reason="this OpenCV has no Haar cascade classifier (OpenCV 5): pin opencv-python-headless<5",
+)
+
+
+def _tiny_model():
+    """A small CNN trained on bands whose position sets the class (learnable, fast)."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    y = np.arange(280) % NUM_CLASSES
+    x = rng.integers(0, 90, (280, 48, 48))
+    for c in range(NUM_CLASSES):
+        x[y == c, 6 * c : 6 * c + 6, :] += 140
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((48, 48, 1), name="image")
+    h = keras.layers.Rescaling(1 / 255)(inp)
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="main_output")(h)
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x[..., None].astype("float32"), y, epochs=2, batch_size=32, verbose=0)
+    return model, x
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    from fer_tasks.export import convert, representative_images
+
+    root = tmp_path_factory.mktemp("models")
+    model, x = _tiny_model()
+    paths = {
+        "keras": root / "model.keras",
+        "tflite": root / "model_float32.tflite",
+        "int8": root / "model_int8.tflite",
+    }
+    model.save(paths["keras"])
+    paths["tflite"].write_bytes(convert(model, "float32"))
+    paths["int8"].write_bytes(convert(model, "int8", representative_images(x, 50, seed=0)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """A photo with one frontal face (skimage's astronaut), one without, one gray crop."""
+    data = pytest.importorskip("skimage.data")
+    root = tmp_path_factory.mktemp("photos")
+    paths = {"face": root / "astronaut.jpg", "cat": root / "cat.png", "crop": root / "crop.png"}
+    Image.fromarray(data.astronaut()).save(paths["face"], quality=92)
+    Image.fromarray(data.chelsea()).save(paths["cat"])
+    Image.fromarray(np.full((60, 50), 128, np.uint8)).save(paths["crop"])
+    return paths
+
+
+def _run(paths, model, **kw) -> tuple[int, list[str], str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = predict([Path(p) for p in paths], Path(model), out=out, err=err, **kw)
+    return rc, out.getvalue().splitlines(), err.getvalue()
+
+
+def _check_face_line(line: str, file: Path) -> dict:
+    rec = json.loads(line)
+    assert list(rec) == ["file", "box", "probabilities"]
+    assert rec["file"] == str(file)
+    assert list(rec["probabilities"]) == list(CLASS_NAMES)
+    assert sum(rec["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert all(0.0 <= p <= 1.0 for p in rec["probabilities"].values())
+    assert len(rec["box"]) == 4 and all(isinstance(v, int) for v in rec["box"])
+    return rec
+
+
+def _png_with_declared_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width x height (valid CRC), never allocated here."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+# --------------------------------------------------------------------------- faces
+
+
+@needs_cascade
+@pytest.mark.parametrize("kind", ["keras", "tflite", "int8"])
+def test_face_in_photo_gives_box_and_probabilities(models, photos, kind) -> None:
+    rc, lines, err = _run([photos["face"]], models[kind])
+    assert rc == 0, err
+    assert len(lines) == 1
+    rec = _check_face_line(lines[0], photos["face"])
+    x, y, w, h = rec["box"]
+    # the astronaut's face: around (177, 66) 95x95 before padding, in a 512x512 photo
+    assert 140 < x < 200 and 30 < y < 90 and 90 < w < 150 and 90 < h < 150
+    assert x + w <= 512 and y + h <= 512
+
+
+@needs_cascade
+def test_keras_and_tflite_agree_on_the_face(models, photos) -> None:
+    probs = []
+    for kind in ("keras", "tflite"):
+        rc, lines, _ = _run([photos["face"]], models[kind])
+        assert rc == 0
+        probs.append(np.array(list(json.loads(lines[0])["probabilities"].values())))
+    assert np.abs(probs[0] - probs[1]).max() < 1e-3
+
+
+def test_no_detect_uses_whole_image(models, photos) -> None:
+    rc, lines, err = _run([photos["crop"]], models["tflite"], detect=False)
+    assert rc == 0, err
+    assert _check_face_line(lines[0], photos["crop"])["box"] == [0, 0, 50, 60]
+
+
+def test_top_k_prints_short_line(models, photos) -> None:
+    rc, lines, _ = _run([photos["crop"]], models["keras"], detect=False, top=2)
+    assert rc == 0 and len(lines) == 1
+    assert lines[0].startswith(f"{photos['crop']} [0,0,50,60]: ")
+    parts = lines[0].split(": ", 1)[1].split(", ")
+    assert len(parts) == 2
+    pcts = [float(p.split()[1].rstrip("%")) for p in parts]
+    assert pcts[0] >= pcts[1] and {p.split()[0] for p in parts} <= set(CLASS_NAMES)
+    assert _run([photos["crop"]], models["keras"], detect=False, top=8)[0] == 2
+
+
+def test_folder_is_searched_recursively_for_images(models, tmp_path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in (tmp_path / "x.png", tmp_path / "a" / "b" / "y.JPG"):
+        Image.fromarray(np.full((48, 48), 90, np.uint8)).save(p, format="PNG")
+    (tmp_path / "a" / "notes.txt").write_text("not an image, skipped in folders")
+    rc, lines, err = _run([tmp_path], models["tflite"], detect=False)
+    assert rc == 0, err
+    assert [json.loads(line)["file"] for line in lines] == [
+        str(tmp_path / "a" / "b" / "y.JPG"),
+        str(tmp_path / "x.png"),
+    ]
+
+
+def test_tflite_path_never_imports_tensorflow(models, photos) -> None:
+    detect = _has_cascade()  # exercise OpenCV too where it can detect
+    image = photos["face"] if detect else photos["crop"]
+    code = (
+        "import sys; from pathlib import Path; from fer_tasks.predict import predict\n"
+        f"rc = predict([Path({str(image)!r})], Path({str(models['int8'])!r}), detect={detect!r})\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc or (3 if heavy else 0))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stderr
+    assert len(r.stdout.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not_image", "truncated_jpeg", "truncated_png", "bomb_header", "bomb_pil", "missing_file"],
+)
+def test_bad_file_is_reported_and_others_still_run(models, photos, tmp_path, case) -> None:
+    bad = tmp_path / f"{case}.png"
+    if case == "not_image":
+        bad.write_text("hello, I am text\n")
+        expect = "not an image"
+    elif case.startswith("truncated"):
+        fmt = "JPEG" if case.endswith("jpeg") else "PNG"
+        buf = io.BytesIO()
+        rgb = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(buf, format=fmt)
+        bad.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        expect = "truncated"
+    elif case == "bomb_header":  # over our limit, under Pillow's own bomb check
+        _png_with_declared_size(bad, 10_000, 8_000)
+        expect = f"10000x8000 = 80.0 megapixels (limit {MAX_PIXELS / 1e6:g})"
+    elif case == "bomb_pil":  # so large that Pillow itself refuses to open it
+        _png_with_declared_size(bad, 60_000, 60_000)
+        expect = "too large, not decoded"
+    else:
+        expect = "no such file"
+    rc, lines, err = _run([photos["crop"], bad, photos["crop"]], models["tflite"], detect=False)
+    assert rc == 1
+    assert len(lines) == 2  # both good files still printed
+    assert all(json.loads(line)["file"] == str(photos["crop"]) for line in lines)
+    assert err.count("fer predict: ") == 1
+    assert f"fer predict: {bad}: " in err and expect in err
+
+
+def test_bomb_is_refused_before_decoding(tmp_path, monkeypatch) -> None:
+    path = _png_with_declared_size(tmp_path / "bomb.png", 10_000, 8_000)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded a bomb"))
+    with pytest.raises(ValueError, match="too large"):
+        read_gray(path)
+
+
+@needs_cascade
+def test_photo_without_face_is_reported(models, photos) -> None:
+    rc, lines, err = _run([photos["cat"], photos["face"]], models["tflite"])
+    assert rc == 1
+    assert len(lines) == 1 and json.loads(lines[0])["file"] == str(photos["face"])
+    assert f"fer predict: {photos['cat']}: no face found" in err
+
+
+@pytest.mark.parametrize("name", ["missing.keras", "missing.tflite"])
+def test_missing_model_fails_clearly(photos, tmp_path, name) -> None:
+    rc, lines, err = _run([photos["crop"]], tmp_path / name, detect=False)
+    assert rc == 2 and lines == []
+    assert f"{tmp_path / name}: model file not found" in err
+
+
+def test_unusable_model_files_fail_clearly(photos, tmp_path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "m.tflite").write_bytes(b"not a flatbuffer")
+    (tmp_path / "m.keras").write_bytes(b"not a zip")
+    for name, expect in (
+        ("m.onnx", "unknown model kind"),
+        ("m.tflite", "not a loadable TFLite"),
+        ("m.keras", "not a loadable .keras"),
+    ):
+        rc, lines, err = _run([photos["crop"]], tmp_path / name, detect=False)
+        assert rc == 2 and lines == [], name
+        assert expect in err and str(tmp_path / name) in err
+
+
+def test_opencv_without_cascade_is_a_clear_error(models, photos, monkeypatch) -> None:
+    import cv2
+
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)
+    rc, lines, err = _run([photos["face"]], models["tflite"])
+    assert rc == 2 and lines == []
+    assert "opencv-python-headless<5" in err and "--no-detect" in err
+
+
+def test_opencv_missing_is_a_clear_error(models, photos, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
+    rc, lines, err = _run([photos["face"]], models["tflite"])
+    assert rc == 2 and lines == []
+    assert "face detection needs OpenCV" in err
+    assert _run([photos["crop"]], models["tflite"], detect=False)[0] == 0  # no OpenCV needed
+
+
+def test_sixteen_bit_grayscale_keeps_its_range(tmp_path) -> None:
+    a = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    assert np.array_equal(read_gray(tmp_path / "g16.png"), (a >> 8).astype(np.uint8))
