@@ -200,6 +200,44 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(flag, required=True, help=h)
     sp.set_defaults(fn=_cmd_phase)
     add(
+        "evaluate",
+        _cmd_evaluate,
+        "score the final model on the test split, side by side with the SVM baseline",
+        ("--model", "final phase model.keras"),
+        ("--test", "test split .npz"),
+        ("--svm-metrics?", "SVM metrics.json for the comparison table"),
+        ("--out", "reports dir"),
+    )
+    add(
+        "export",
+        _cmd_export,
+        "TFLite float32/float16/int8 exports with test accuracy, size and latency",
+        ("--model", "final phase model.keras"),
+        ("--train", "training split .npz (int8 calibration images)"),
+        ("--test", "test split .npz"),
+        ("--out", "output dir for the .tflite files"),
+        ("--report", "export report JSON"),
+    )
+    sp = sub.add_parser(
+        "predict", help="expression probabilities for the faces in image files", parents=[common]
+    )
+    sp.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    sp.add_argument(
+        "--model",
+        default="models/export/model_int8.tflite",
+        help=".keras or .tflite model (default: the pipeline's int8 export, %(default)s)",
+    )
+    sp.add_argument(
+        "--no-detect",
+        dest="detect",
+        action="store_false",
+        help="the images are cropped faces: skip face detection",
+    )
+    sp.add_argument(
+        "--top", type=int, metavar="K", help="print the K likeliest classes as text, not JSON"
+    )
+    sp.set_defaults(fn=None)
+    add(
         "metrics",
         _cmd_metrics,
         "print the metrics table of a finished run",
