@@ -118,6 +118,12 @@ def _cmd_metrics(a, p):
     print(metrics_table(Path(a.reports)))
 
 
+def _cmd_compare(a, p):
+    from fer_tasks.compare import run_from_args
+
+    run_from_args(a)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fer", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)  # accepted by every subcommand
@@ -243,6 +249,15 @@ def _parser() -> argparse.ArgumentParser:
         "print the metrics table of a finished run",
         ("--reports", "reports dir"),
     )
+    from fer_tasks.compare import add_arguments as add_compare_arguments
+
+    sp = sub.add_parser(
+        "compare",
+        help="run the write-up's configurations as DVC experiments; table + curves",
+        parents=[common],
+    )
+    add_compare_arguments(sp)
+    sp.set_defaults(fn=_cmd_compare)
     return ap
 
 
