@@ -11,7 +11,8 @@ configured, where Prefect starts a temporary one inside the process.
     .venv/bin/python bench/flow_overhead.py                   # synthetic 10-stage project
     .venv/bin/python bench/flow_overhead.py --workspace PATH  # an existing, fully cached project
 
-Prints the medians, difference and ratio, and writes everything to --out (JSON).
+Prints the medians, difference and ratio (and, for scale, a trivial ten-task flow on the
+same server), and writes everything to --out (JSON).
 """
 
 from __future__ import annotations
@@ -46,6 +47,23 @@ STAGES = {  # name: (params section, parent stage or None)
     "phase_top": ("finetune.phases.top", "base"),
     "phase_next": ("finetune.phases.block6", "phase_top"),
 }
+
+
+# Prefect's own floor for comparison: a flow of ten tasks that do nothing, same server
+TRIVIAL_FLOW = """
+from prefect import flow, task
+from prefect.futures import wait
+
+@task(task_run_name="{name}")
+def noop(name: str) -> str:
+    return name
+
+@flow
+def trivial() -> None:
+    wait([noop.submit(f"stage{i}") for i in range(10)])
+
+trivial()
+"""
 
 
 def synthetic_project(path: Path) -> Path:
@@ -138,7 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--api-url", help="use this running server instead of starting one")
     parser.add_argument("--no-ephemeral", action="store_true", help="skip the temporary server")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "flow_overhead.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/flow_overhead.json")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="flow-overhead-"))
@@ -158,13 +176,14 @@ def main() -> None:
 
         timed(dvc_cmd, ws, _env())  # warm the file-system caches and DVC's state db
         timed(flow_cmd, ROOT, flow_env)
-        dvc_s, flow_s = [], []
+        dvc_s, flow_s, floor_s = [], [], []
         for _ in range(args.repeats):
             dvc_s.append(timed(dvc_cmd, ws, _env())[0])
             seconds, out = timed(flow_cmd, ROOT, flow_env)
             if json.loads(out.splitlines()[-1])["ran"]:
                 raise RuntimeError(f"the flow recomputed stages: {out}")
             flow_s.append(seconds)
+            floor_s.append(timed([sys.executable, "-c", TRIVIAL_FLOW], ROOT, flow_env)[0])
         assert (ws / "dvc.lock").read_bytes() == lock_before, "dvc.lock changed"
 
         result = {
@@ -177,6 +196,8 @@ def main() -> None:
             "flow_s": flow_s,
             "dvc_repro_median_s": round(statistics.median(dvc_s), 3),
             "flow_median_s": round(statistics.median(flow_s), 3),
+            "trivial_10_task_flow_s": floor_s,
+            "trivial_10_task_flow_median_s": round(statistics.median(floor_s), 3),
         }
         result["difference_s"] = round(result["flow_median_s"] - result["dvc_repro_median_s"], 3)
         result["ratio"] = round(result["flow_median_s"] / result["dvc_repro_median_s"], 2)
@@ -192,6 +213,8 @@ def main() -> None:
         print(f"no-op flow, server      {r['flow_median_s']:6.2f} s  (median of {n})")
         print(f"difference              {r['difference_s']:6.2f} s")
         print(f"ratio                   {r['ratio']:6.2f} x")
+        floor = r["trivial_10_task_flow_median_s"]
+        print(f"trivial 10-task flow    {floor:6.2f} s  (Prefect's own floor, same server)")
         if "flow_temporary_server_s" in r:
             print(f"flow, temporary server  {r['flow_temporary_server_s']:6.2f} s  (separate case)")
         print(f"load average {result['load_average']} on {result['cpus']} CPUs")

@@ -28,14 +28,19 @@ cleanup() {
 trap cleanup EXIT
 say() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
-# wait until `prefect flow-run ls` shows N completed runs (or fail after $2 s)
+# wait until the server has N completed flow runs (or fail after $2 s)
+completed() {
+  prefect flow-run ls --state-type COMPLETED --limit 100 -o json 2>/dev/null |
+    python -c 'import json, sys; d = sys.stdin.read().strip(); print(len(json.loads(d)) if d.startswith("[") else 0)'
+}
 wait_completed() {
   local n=$1 deadline=$((SECONDS + $2))
-  until [ "$(prefect flow-run ls --state-type COMPLETED --limit 100 2>/dev/null | grep -c 'COMPLETED')" -ge "$n" ]; do
-    [ $SECONDS -lt $deadline ] || { echo "timed out waiting for $n completed runs"; prefect flow-run ls; exit 1; }
+  until [ "$(completed)" -ge "$n" ]; do
+    [ $SECONDS -lt $deadline ] || { echo "timed out waiting for $n completed runs"; exit 1; }
     sleep 2
   done
 }
+export COLUMNS=140  # rich tables: full state names
 
 say "1. local Prefect server on :$PORT, database $DEMO/prefect.db"
 prefect server start --host 127.0.0.1 --port "$PORT" >"$DEMO/server.log" 2>&1 &
@@ -57,18 +62,21 @@ python -m flows.serve --only retrain --interval 10 --workspace "$WS" >"$DEMO/ser
 serve_pid=$!
 pids+=($serve_pid)
 wait_completed 1 240
-kill "$serve_pid"
+kill "$serve_pid"   # a run in flight when serve stops is marked CANCELLED
 echo "a scheduled run completed:"
-grep -E "Beginning flow run|Finished in state" "$DEMO/serve.log" | head -4
+grep -E "Beginning flow run|Flow run .* Finished in state" "$DEMO/serve.log" | head -2
+prefect deployment delete fer-pipeline/retrain >/dev/null   # with its interval schedule
 
 say "3. work pool + prefect deploy + worker"
 prefect work-pool create fer-local --type process >/dev/null
 prefect --no-prompt deploy --all
 prefect deployment ls
+prefect deployment inspect fer-pipeline/retrain | grep -A4 "'schedule': {"
+done_before=$(completed)
 prefect deployment run fer-pipeline/retrain --param workspace="\"$WS\"" | grep -i "created flow run"
-prefect worker start --pool fer-local --run-once >"$DEMO/worker.log" 2>&1
-grep -E "Submitting flow run|Completed submission|finished|exited" "$DEMO/worker.log" | head -5 || true
-wait_completed 2 240
+prefect worker start --pool fer-local --run-once >"$DEMO/worker.log" 2>&1   # runs what is due, exits
+grep -E "Flow run .* Finished in state" "$DEMO/worker.log"
+wait_completed $((done_before + 1)) 60
 
 say "4. two runs at once on one workspace"
 sed -i 's/^  C: .*/  C: 0.5/' "$WS/params.yaml"   # the svm stage is stale now
