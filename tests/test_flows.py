@@ -1,0 +1,390 @@
+"""The Prefect flow over the DVC stage graph: caching, overrides, failures, locking, deployments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+from test_pipeline import ROOT, TINY, Repo, _merge
+
+from fer_tasks.params import ParamsError
+from flows import pipeline
+from flows.pipeline import (
+    StageFailed,
+    dvc_stage,
+    fer_pipeline,
+    override_params,
+    plan_stages,
+    read_metrics,
+    render_report,
+    workspace_lock,
+)
+from flows.serve import build_deployments
+
+# the tiny FER config of test_pipeline, with a cheaper export stage whose int8 parity
+# check cannot fail on noise (one of ~65 test faces is 1.5 points)
+FLOW_TINY = _merge(
+    TINY, {"export": {"representative_samples": 20, "latency_runs": 3, "max_int8_drop": 100.0}}
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (SQLite) for every flow run of the session."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _tiny_project(path: Path) -> Repo:
+    """A git + DVC copy of the pipeline with a shrunk params.yaml, committed, not reproduced."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, path / name)
+    shutil.copytree(
+        ROOT / "fer_tasks", path / "fer_tasks", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    repo = Repo(path)
+    repo.set_params(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), FLOW_TINY))
+    repo.run("git", "init", "-q")
+    repo.dvc("init", "-q")
+    repo.dvc("config", "core.analytics", "false")
+    repo.run("git", "add", "-A")
+    # experiments (and dvclive) need a commit
+    identity = ("-c", "user.name=t", "-c", "user.email=t@example.invalid")
+    repo.run("git", *identity, "commit", "-qm", "tiny project")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server) -> Repo:
+    """The tiny project after its first flow run (which must run every stage)."""
+    repo = _tiny_project(tmp_path_factory.mktemp("flow") / "project")
+    repo.expected_order = _dvc_repro_order(repo.path)
+    repo.first = fer_pipeline(workspace=repo.path, return_state=True)
+    return repo
+
+
+def _dvc_repro_order(path: Path) -> list[str]:
+    """The order in which `dvc repro` visits the stages (DVC's own planning functions)."""
+    from dvc.repo import Repo as DvcRepo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    with DvcRepo(str(path)) as dvc:
+        stages = collect_stages(dvc, [str(path / "dvc.yaml")])
+        return [s.name for s in plan_repro(get_active_graph(dvc.index.graph), stages)]
+
+
+def _lock(repo: Repo) -> bytes:
+    return (repo.path / "dvc.lock").read_bytes()
+
+
+# --- the flow on the tiny project ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_first_run_runs_every_stage_and_writes_the_lock_dvc_would(project):
+    summary = project.first.result()
+    assert summary["ran"] == project.expected_order  # every stage, in `dvc repro`'s order
+    assert {"svm", "phase@top", "phase@block7"} <= set(summary["ran"])
+    lock = yaml.safe_load(_lock(project))
+    assert list(lock["stages"]) == project.expected_order  # the order `dvc repro` writes
+    assert project.changed() == set()
+    before = _lock(project)
+    assert project.ran(project.dvc("repro")) == set()  # dvc agrees: nothing to do
+    assert _lock(project) == before
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run_id = project.first.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    (report,) = [a for a in artifacts if a.key == "fer-pipeline-report"]
+    assert "| svm | ran |" in report.data and "recall happy" in report.data
+    assert "svm test" in summary["metrics"]
+
+
+@pytest.mark.slow
+def test_second_run_recomputes_nothing_and_starts_no_process(project, monkeypatch):
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a cached pipeline started a process: {args}")
+
+    monkeypatch.setattr(pipeline.subprocess, "Popen", no_process)
+    before = _lock(project)
+    summary = fer_pipeline(workspace=project.path)
+    assert summary["ran"] == []
+    assert summary["cached"] == project.expected_order
+    assert _lock(project) == before
+
+
+@pytest.mark.slow
+def test_override_runs_only_dependents_as_an_experiment(project):
+    params_before, lock_before = (project.path / "params.yaml").read_bytes(), _lock(project)
+    summary = fer_pipeline(
+        workspace=project.path,
+        overrides=["svm.C=0.5", "export.latency_runs=2"],
+        experiment_name="svm-c05",
+    )
+    # svm and export are independent branches; evaluate reads the svm metrics; validate
+    # checks any edit of params.yaml. The fine-tuning phases stay cached.
+    assert set(summary["ran"]) == {"validate", "svm", "evaluate", "export"}
+    assert summary["experiment"] == "svm-c05"
+    # the workspace is untouched ...
+    assert (project.path / "params.yaml").read_bytes() == params_before
+    assert _lock(project) == lock_before
+    assert project.changed() == set()
+    # ... and the experiment is a DVC experiment with its own params and lock
+    refs = project.run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    (ref,) = [r for r in refs if r.endswith("/svm-c05")]
+    exp_lock = yaml.safe_load(project.run("git", "show", f"{ref}:dvc.lock").stdout)
+    assert exp_lock["stages"]["svm"]["params"]["params.yaml"]["svm"]["C"] == 0.5
+    assert "svm-c05" in project.dvc("exp", "list", "--name-only").stdout
+    assert not list((project.path / pipeline.EXPERIMENTS_DIR).iterdir())  # clone removed
+
+
+@pytest.mark.slow
+def test_failing_stage_fails_the_flow_with_its_message(project):
+    state = fer_pipeline(
+        workspace=project.path, overrides=["svm.pca_components=5000"], return_state=True
+    )
+    assert state.is_failed()
+    assert "stage 'svm' failed" in state.message
+    with pytest.raises(StageFailed, match="svm.pca_components: 5000 exceeds"):
+        state.result()
+    assert project.changed() == set()  # the workspace is untouched
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_workspace_queue_and_leave_it_intact(project, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    with (project.path / "params.yaml").open("a") as fh:
+        fh.write("# touched: the validate stage is stale\n")
+    env = {**project.env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(project.path)]
+    runs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [e.decode()[-3000:] for _, e in outs]
+    ran = sorted(json.loads(o.decode().splitlines()[-1])["ran"] for o, _ in outs)
+    assert ran == [[], ["validate"]]  # one after the other: the second found it done
+    assert any(b"is busy" in e for _, e in outs)
+    assert project.changed() == set()
+    assert project.ran(project.dvc("repro")) == set()
+
+
+@pytest.mark.slow
+def test_remote_pull_first_push_last(project, tmp_path):
+    remote = tmp_path / "remote"
+    project.dvc("remote", "add", "--local", "-d", "store", str(remote))
+    try:
+        summary = fer_pipeline(workspace=project.path)  # pushes everything
+        assert summary["remote"] == "store" and summary["ran"] == []
+        assert "new" not in project.dvc("status", "--cloud").stdout
+        # a fresh machine: no cache, no outputs; the pull restores them, nothing reruns
+        shutil.rmtree(project.path / ".dvc" / "cache")
+        shutil.rmtree(project.path / "models" / "svm")
+        summary = fer_pipeline(workspace=project.path)
+        assert summary["ran"] == []
+        assert (project.path / "models" / "svm").is_dir()
+        assert project.changed() == set()
+    finally:
+        project.dvc("remote", "remove", "--local", "store")
+
+
+@pytest.mark.slow
+def test_deployment_applies_with_its_schedule(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    (retrain,) = build_deployments(only=["retrain"])
+    deployment_id = retrain.apply()
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(deployment_id)
+    (schedule,) = stored.schedules
+    assert schedule.slug == "weekly-retrain"
+    assert schedule.schedule.cron == "0 3 * * 1"
+    assert schedule.schedule.timezone == "Europe/Berlin"
+
+
+# --- units: no server, no DVC run -----------------------------------------------------------
+
+
+def _params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    return path
+
+
+def test_override_is_applied_like_dvc_exp_run_and_validated(tmp_path):
+    text = override_params(_params_file(tmp_path), ["svm.C=0.5", "params.yaml:rebalance.seed=3"])
+    data = yaml.safe_load(text)
+    assert data["svm"]["C"] == 0.5 and data["rebalance"]["seed"] == 3
+    assert "# Every knob of the pipeline" in text  # comments survive, as with `dvc exp run -S`
+
+
+def test_invalid_override_fails_before_any_work_naming_the_key(tmp_path):
+    with pytest.raises(ParamsError, match=r"svm\.C: .*greater than 0"):
+        override_params(_params_file(tmp_path), ["svm.C=-1"])
+    with pytest.raises(ValueError, match="svm.CC"):
+        override_params(_params_file(tmp_path), ["svm.CC=1"])  # a typo: not in params.yaml
+
+
+def test_cached_stage_is_reported_without_a_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline.subprocess, "Popen", None)
+    state = dvc_stage.fn("svm", tmp_path, stale=False)
+    assert state.name == "Cached" and state.is_completed()
+    assert state.result().status == "cached"
+
+
+def test_workspace_lock_makes_a_second_holder_wait(tmp_path):
+    events: list[str] = []
+
+    def second() -> None:
+        with workspace_lock(tmp_path, timeout_s=30):
+            events.append("second in")
+
+    with workspace_lock(tmp_path, timeout_s=30):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(1.0)
+        events.append("first out")
+    t.join(timeout=30)
+    assert events == ["first out", "second in"]
+    with workspace_lock(tmp_path, 1), pytest.raises(TimeoutError, match="still busy"):  # noqa: SIM117
+        with workspace_lock(tmp_path, timeout_s=0.2):
+            pass
+
+
+def test_metrics_and_report(tmp_path):
+    per_class = {"angry": {"recall": 0.5}, "happy": {"recall": 0.75}}
+    (tmp_path / "reports" / "svm").mkdir(parents=True)
+    (tmp_path / "reports" / "svm" / "metrics.json").write_text(
+        json.dumps({"test": {"accuracy": 0.625, "macro_f1": 0.5, "per_class": per_class}})
+    )
+    (tmp_path / "reports" / "phases" / "top").mkdir(parents=True)
+    (tmp_path / "reports" / "phases" / "top" / "metrics.json").write_text(
+        json.dumps({"val_macro_f1": 0.25, "step": 3})
+    )
+    metrics = read_metrics(tmp_path)
+    recall = {"angry": 0.5, "happy": 0.75}
+    assert metrics["svm test"] == {"accuracy": 0.625, "macro_f1": 0.5, "recall": recall}
+    assert metrics["phases/top val"]["macro_f1"] == 0.25
+    stages = [
+        {"stage": "svm", "status": "ran", "seconds": 1.5},
+        {"stage": "base", "status": "cached", "seconds": 0.0},
+    ]
+    md = render_report({"stages": stages, "metrics": metrics, "overrides": ["svm.C=0.5"]})
+    assert "| svm | ran | 1.5000 |" in md
+    assert "Cached: base." in md
+    assert "| svm test | 0.6250 | 0.5000 | 0.5000 | 0.7500 |" in md
+
+
+def _stage(name: str, section: str, after: str | None = None) -> dict:
+    return {
+        "cmd": f"python -c \"open('{name}.txt', 'w').write('{section}')\"",
+        "deps": [f"{after}.txt"] if after else [],
+        "params": [section],
+        "outs": [f"{name}.txt"],
+    }
+
+
+# two branches (a -> b -> c and d -> e) that meet in f, reading sections of the real params
+TRIVIAL = {
+    "a": _stage("a", "synthesize"),
+    "b": _stage("b", "svm", "a"),
+    "c": _stage("c", "base", "b"),
+    "d": _stage("d", "base"),
+    "e": _stage("e", "synthesize", "d"),
+}
+TRIVIAL["f"] = {**_stage("f", "synthesize", "c"), "deps": ["c.txt", "e.txt"]}
+
+
+def _params(**edits: dict) -> dict:
+    return _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), edits)
+
+
+def _trivial_project(path: Path, stages: dict) -> Repo:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    Repo(path).set_params(_params())
+    repo = Repo(path)
+    repo.run("git", "init", "-q")
+    repo.dvc("init", "-q")
+    return repo
+
+
+@pytest.mark.slow
+def test_plan_marks_changed_stages_and_their_dependents_stale(tmp_path):
+    repo = _trivial_project(tmp_path, TRIVIAL)
+    repo.dvc("repro")
+    plan = plan_stages(tmp_path)
+    assert (plan.stale, plan.new) == (set(), set())
+    assert plan.upstream["f"] == ["c", "e"] and plan.upstream["a"] == []
+    assert plan.order == _dvc_repro_order(tmp_path)
+
+    repo.set_params(_params(svm={"C": 0.5}))
+    assert plan_stages(tmp_path).stale == {"b", "c", "f"}  # b changed; c, f read its output
+    with_g = {**TRIVIAL, "g": _stage("g", "svm")}  # a new stage: no dvc.lock entry yet
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": with_g}))
+    plan = plan_stages(tmp_path)
+    assert (plan.stale, plan.new) == ({"b", "c", "f", "g"}, {"g"})
+
+
+@pytest.mark.slow
+def test_flow_writes_the_same_dvc_lock_bytes_as_dvc_repro(tmp_path, prefect_server):
+    by_dvc = _trivial_project(tmp_path / "dvc", TRIVIAL)
+    by_flow = _trivial_project(tmp_path / "flow", TRIVIAL)
+    for params in (_params(), _params(svm={"C": 0.5}, base={"seed": 3})):  # fresh, then edited
+        by_dvc.set_params(params)
+        by_flow.set_params(params)
+        by_dvc.dvc("repro")
+        summary = fer_pipeline(workspace=by_flow.path)
+        assert _lock(by_flow) == _lock(by_dvc)
+    # svm (b) and base (c, d) changed; e and f were candidates, but their inputs came out
+    # byte-identical, so DVC skipped them, as `dvc repro` did
+    assert set(summary["ran"]) == {"b", "c", "d"}
+    assert {r["stage"]: r["status"] for r in summary["stages"]}["f"] == "cached"
+
+
+def test_deployment_definitions_load_and_carry_the_schedule():
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    raw = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    model = PrefectYamlModel.model_validate(raw)  # Prefect's own schema for prefect.yaml
+    by_name = {d.name: d for d in model.deployments}
+    assert set(by_name) == {"retrain", "experiment"}
+    for d in model.deployments:
+        path, name = d.entrypoint.split(":")
+        assert load_flow_from_entrypoint(str(ROOT / path) + ":" + name).name == "fer-pipeline"
+    (spec,) = raw["deployments"][0]["schedules"]
+    schedule = _schedule_config_to_deployment_schedule(spec)  # what `prefect deploy` sends
+    assert schedule["slug"] == "weekly-retrain"
+    assert schedule["schedule"].cron == "0 3 * * 1"
+    assert schedule["schedule"].timezone == "Europe/Berlin"
+    assert by_name["experiment"].parameters == {"overrides": []}
+
+    served = {d.name: d for d in build_deployments()}
+    (s,) = served["retrain"].schedules
+    assert (s.slug, s.schedule.cron, s.schedule.timezone) == (
+        "weekly-retrain",
+        "0 3 * * 1",
+        "Europe/Berlin",
+    )
+    assert served["retrain"].concurrency_limit == 1
+    assert served["experiment"].schedules == []
+    (fast,) = build_deployments(interval_s=10, only=["retrain"])
+    assert fast.schedules[0].schedule.interval.total_seconds() == 10
