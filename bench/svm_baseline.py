@@ -4,7 +4,10 @@ Runs the pipeline's own stage functions (prepare, backbone, features, svm) on
 the shared FER2013 copy and prints feature throughput and the SVM's PublicTest
 (val split) accuracy and macro-F1. Nothing is written into the project.
 
-    .venv/bin/python bench/svm_baseline.py [--csv PATH] [--sizes 48 96] [--out bench/results/svm.json]
+    .venv/bin/python bench/svm_baseline.py [--csv PATH] [--sizes 48 96] [--layer pooled]
+
+The features and svm settings are those of params.yaml; `--layer pooled` uses
+the backbone's pooled last feature map (the write-up's feature vector) instead.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from fer_tasks.backbone import resolve_backbone
 from fer_tasks.features import extract_features
-from fer_tasks.params import FeaturesParams, ModelParams, PrepareParams, SvmParams
+from fer_tasks.params import ModelParams, PrepareParams, load_params
 from fer_tasks.prepare import prepare
 from fer_tasks.svm import train_svm
 
@@ -30,10 +33,22 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--sizes", type=int, nargs="+", default=[48, 96])
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--layer", help="features.layer override; 'pooled' for the pooled map")
     ap.add_argument("--out", type=Path, default=Path("bench/results/svm_baseline.json"))
     args = ap.parse_args()
+    project = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    feat_params = project.features
+    if args.layer:
+        layer = None if args.layer == "pooled" else args.layer
+        feat_params = feat_params.model_copy(update={"layer": layer})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = {"csv": str(args.csv), "backbone": args.backbone, "runs": []}
+    results = {
+        "csv": str(args.csv),
+        "backbone": args.backbone,
+        "runs": [],
+        "features": feat_params.model_dump(),
+        "svm": project.svm.model_dump(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -44,15 +59,17 @@ def main() -> None:
             mp = ModelParams(backbone=args.backbone, input_size=size)
             resolve_backbone(tmp / f"bb{size}.keras", mp)
             t0 = time.perf_counter()
-            extract_features(tmp / f"bb{size}.keras", tmp / "prepared", tmp / f"f{size}",
-                             FeaturesParams())
+            extract_features(
+                tmp / f"bb{size}.keras", tmp / "prepared", tmp / f"f{size}", feat_params
+            )
             feat_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            train_svm(tmp / f"f{size}", tmp / f"svm{size}", tmp / f"rep{size}", SvmParams())
+            train_svm(tmp / f"f{size}", tmp / f"svm{size}", tmp / f"rep{size}", project.svm)
             svm_s = time.perf_counter() - t0
             m = json.loads((tmp / f"rep{size}" / "metrics.json").read_text())
             run = {
-                "input_size": size, "images": n_images,
+                "input_size": size,
+                "images": n_images,
                 "features_seconds": round(feat_s, 1),
                 "images_per_second": round(n_images / feat_s, 1),
                 "svm_seconds": round(svm_s, 1),
@@ -66,8 +83,10 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'size':>5} {'img/s':>8} {'feat s':>7} {'svm s':>6} {'acc':>7} {'macroF1':>8}")
     for r in results["runs"]:
-        print(f"{r['input_size']:>5} {r['images_per_second']:>8} {r['features_seconds']:>7} "
-              f"{r['svm_seconds']:>6} {r['publictest_accuracy']:>7.2%} {r['publictest_macro_f1']:>8.3f}")
+        print(
+            f"{r['input_size']:>5} {r['images_per_second']:>8} {r['features_seconds']:>7} "
+            f"{r['svm_seconds']:>6} {r['publictest_accuracy']:>7.2%} {r['publictest_macro_f1']:>8.3f}"
+        )
 
 
 if __name__ == "__main__":

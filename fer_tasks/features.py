@@ -101,6 +101,21 @@ def _infer_fn(model):
     return frozen, True
 
 
+def _layer_model(model, layer: str, path: Path):
+    """The backbone cut at `layer`, its feature map flattened (spatial layout kept)."""
+    import keras
+
+    try:
+        out = model.get_layer(layer).output
+    except ValueError:
+        blocks = sorted({n.name for n in model.layers if n.name.endswith("_add")})
+        raise ValueError(
+            f"features.layer: {path} has no layer {layer!r} (residual outputs: {blocks})"
+        ) from None
+    flat = keras.layers.Flatten(name=f"{layer}_flat")(out)
+    return keras.Model(model.input, flat, name=f"{model.name}_{layer}")
+
+
 def _run_split(infer, images: np.ndarray, dim: int, batch_size: int, desc: str):
     """Features (N, dim) float32 for `images` in order; wall and CPU seconds of the pass."""
     from tqdm.auto import tqdm
@@ -150,6 +165,8 @@ def extract_features(
         model = keras.saving.load_model(backbone_path, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises ValueError, OSError, zip errors, ...
         raise ValueError(f"{backbone_path}: cannot load the backbone ({err})") from err
+    if params.layer is not None:
+        model = _layer_model(model, params.layer, backbone_path)
     out_shape = tuple(model.output.shape) if not isinstance(model.output, list) else None
     if out_shape is None or len(out_shape) != 2 or out_shape[-1] is None:
         raise ValueError(

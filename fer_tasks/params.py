@@ -64,6 +64,11 @@ class ModelParams(_Section):
 
 class FeaturesParams(_Section):
     batch_size: int = Field(256, ge=1, le=8192)
+    # None: the backbone's pooled last feature map (the write-up's feature vector).
+    # A layer name (e.g. block5c_add): that layer's feature map, flattened, so the
+    # vector keeps *where* on the face each activation is; mid-level maps
+    # transfer better from ImageNet to faces (measured by bench/svm_baseline.py).
+    layer: str | None = Field(None, min_length=1)
 
 
 class SvmParams(_Section):

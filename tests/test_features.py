@@ -198,3 +198,17 @@ def test_b0_random_weights(tmp_path: Path, data):
     assert report["feature_dim"] == 1280
     feats, _ = _load(tmp_path / "f" / "train.npz")
     assert feats.shape == (N, 1280) and np.isfinite(feats).all()
+
+
+def test_layer_option_flattens_that_feature_map(tmp_path, tiny_backbone, splits):
+    """features.layer cuts the backbone at a layer and keeps its spatial layout."""
+    from fer_tasks.io import load_split
+
+    data = splits["train"].parent
+    extract_features(tiny_backbone, data, tmp_path / "f", FeaturesParams(layer="block2a_conv"))
+    with np.load(tmp_path / "f" / "train.npz") as z:
+        # tiny backbone: 48 -> 23 -> 11 -> 5 spatial, 16 channels at block2a_conv
+        assert z["features"].shape == (len(load_split(splits["train"])[1]), 5 * 5 * 16)
+    with pytest.raises(ValueError, match="features.layer"):
+        extract_features(tiny_backbone, data, tmp_path / "g", FeaturesParams(layer="block9x"))
+    assert not (tmp_path / "g").exists()
