@@ -85,7 +85,8 @@ def main() -> None:
     for r in results["runs"]:
         print(
             f"{r['input_size']:>5} {r['images_per_second']:>8} {r['features_seconds']:>7} "
-            f"{r['svm_seconds']:>6} {r['publictest_accuracy']:>7.2%} {r['publictest_macro_f1']:>8.3f}"
+            f"{r['svm_seconds']:>6} {r['publictest_accuracy']:>7.2%} "
+            f"{r['publictest_macro_f1']:>8.3f}"
         )
 
 

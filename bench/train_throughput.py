@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "../shared/datasets/fer2013/fer2013.csv.gz"
 
