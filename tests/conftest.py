@@ -57,3 +57,33 @@ def splits(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def tiny_backbone(tmp_path: Path) -> Path:
     return make_tiny_backbone(tmp_path / "backbone.keras")
+
+
+def band_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled, learnable images: the class sets which horizontal band is bright."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 7).astype(np.int64)
+    x = rng.integers(0, 90, (n, 48, 48))
+    for c in range(7):
+        x[y == c, 6 * c : 6 * c + 6, :] += 140
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def train_tiny_classifier(x, y, epochs: int, width: int = 8, batchnorm: bool = False):
+    """A small CNN with the pipeline's model contract ((48, 48, 1) 0-255 -> 7 softmax)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((48, 48, 1), name="image")
+    h = keras.layers.Rescaling(1 / 255)(inp)
+    h = keras.layers.Conv2D(width, 3, strides=2, activation="relu")(h)
+    if batchnorm:
+        h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Conv2D(width, 3, strides=2, activation="relu")(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(7, activation="softmax", name="main_output")(h)
+    model = keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[..., None].astype("float32"), y, epochs=epochs, batch_size=32, verbose=0)
+    return model

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import band_split, train_tiny_classifier
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
 from fer_tasks.evaluate import comparison_markdown, evaluate, score
@@ -17,40 +18,13 @@ pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The class sets which horizontal band is bright; noise elsewhere; all classes present."""
-    rng = np.random.default_rng(seed)
-    y = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
-    x = rng.integers(0, 90, (n, 48, 48))
-    for c in range(NUM_CLASSES):
-        x[y == c, 6 * c : 6 * c + 6, :] += 140
-    return np.clip(x, 0, 255).astype(np.uint8), y
-
-
-def _tiny_model(x: np.ndarray, y: np.ndarray, epochs: int):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((48, 48, 1), name="image")
-    h = keras.layers.Rescaling(1 / 255)(inp)
-    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
-    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
-    h = keras.layers.MaxPooling2D(2)(h)
-    h = keras.layers.Flatten()(h)
-    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="main_output")(h)
-    model = keras.Model(inp, out)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[..., None].astype("float32"), y, epochs=epochs, batch_size=32, verbose=0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
-    x_train, y_train = _split(280, seed=1)
-    x_test, y_test = _split(140, seed=2)
+    x_train, y_train = band_split(280, seed=1)
+    x_test, y_test = band_split(140, seed=2)
     # few epochs: good but not perfect, so the confusion matrix has off-diagonal cells
-    _tiny_model(x_train, y_train, epochs=4).save(root / "model.keras")
+    train_tiny_classifier(x_train, y_train, epochs=4).save(root / "model.keras")
     save_split(root / "test.npz", x_test, y_test)
     svm = {
         "n": 140,

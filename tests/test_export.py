@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import band_split, train_tiny_classifier
 
 from fer_tasks import NUM_CLASSES
 from fer_tasks.export import (
@@ -31,40 +32,14 @@ VARIANT_KEYS = {
 }
 
 
-def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The class sets which horizontal band is bright; noise elsewhere."""
-    rng = np.random.default_rng(seed)
-    y = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)
-    x = rng.integers(0, 90, (n, 48, 48))
-    for c in range(NUM_CLASSES):
-        x[y == c, 6 * c : 6 * c + 6, :] += 140
-    return np.clip(x, 0, 255).astype(np.uint8), y
-
-
-def _tiny_model(x: np.ndarray, y: np.ndarray, epochs: int):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((48, 48, 1), name="image")
-    h = keras.layers.Rescaling(1 / 255)(inp)
-    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
-    h = keras.layers.BatchNormalization()(h)
-    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
-    h = keras.layers.MaxPooling2D(2)(h)
-    h = keras.layers.Flatten()(h)
-    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="main_output")(h)
-    model = keras.Model(inp, out)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[..., None].astype("float32"), y, epochs=epochs, batch_size=32, verbose=0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("export")
-    x_train, y_train = _split(420, seed=1)
-    x_test, y_test = _split(210, seed=2)
-    _tiny_model(x_train, y_train, epochs=6).save(root / "model.keras")
+    x_train, y_train = band_split(420, seed=1)
+    x_test, y_test = band_split(210, seed=2)
+    train_tiny_classifier(x_train, y_train, epochs=6, width=16, batchnorm=True).save(
+        root / "model.keras"
+    )
     save_split(root / "train.npz", x_train, y_train)
     save_split(root / "test.npz", x_test, y_test)
     params = ExportParams(representative_samples=100, latency_runs=20, seed=0)

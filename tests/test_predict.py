@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import band_split, train_tiny_classifier
 from PIL import Image
 
-from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks import CLASS_NAMES
 from fer_tasks.predict import MAX_PIXELS, predict, read_gray
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
@@ -35,26 +36,8 @@ needs_cascade = pytest.mark.skipif(
 
 def _tiny_model():
     """A small CNN trained on bands whose position sets the class (learnable, fast)."""
-    import keras
-
-    rng = np.random.default_rng(0)
-    y = np.arange(280) % NUM_CLASSES
-    x = rng.integers(0, 90, (280, 48, 48))
-    for c in range(NUM_CLASSES):
-        x[y == c, 6 * c : 6 * c + 6, :] += 140
-    x = np.clip(x, 0, 255).astype(np.uint8)
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((48, 48, 1), name="image")
-    h = keras.layers.Rescaling(1 / 255)(inp)
-    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
-    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
-    h = keras.layers.MaxPooling2D(2)(h)
-    h = keras.layers.Flatten()(h)
-    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="main_output")(h)
-    model = keras.Model(inp, out)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x[..., None].astype("float32"), y, epochs=2, batch_size=32, verbose=0)
-    return model, x
+    x, y = band_split(280, seed=0)
+    return train_tiny_classifier(x, y, epochs=2), x
 
 
 @pytest.fixture(scope="module")
