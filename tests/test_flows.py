@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
-from test_pipeline import ROOT, TINY, Repo, _merge
+from test_pipeline import ROOT, TINY, Repo, _merge, tiny_project
 
 from fer_tasks.params import ParamsError
 from flows import pipeline
@@ -45,22 +45,7 @@ def prefect_server():
 
 def _tiny_project(path: Path) -> Repo:
     """A git + DVC copy of the pipeline with a shrunk params.yaml, committed, not reproduced."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, path / name)
-    shutil.copytree(
-        ROOT / "fer_tasks", path / "fer_tasks", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    repo = Repo(path)
-    repo.set_params(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), FLOW_TINY))
-    repo.run("git", "init", "-q")
-    repo.dvc("init", "-q")
-    repo.dvc("config", "core.analytics", "false")
-    repo.run("git", "add", "-A")
-    # experiments (and dvclive) need a commit
-    identity = ("-c", "user.name=t", "-c", "user.email=t@example.invalid")
-    repo.run("git", *identity, "commit", "-qm", "tiny project")
-    return repo
+    return tiny_project(path, FLOW_TINY)
 
 
 @pytest.fixture(scope="module")

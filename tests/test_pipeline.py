@@ -85,24 +85,29 @@ class Repo:
         (self.path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Repo:
-    path = tmp_path_factory.mktemp("project")
+def tiny_project(path: Path, overrides: dict) -> Repo:
+    """A committed git + DVC copy of the pipeline with params.yaml shrunk by `overrides`."""
+    path.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, path / name)
     shutil.copytree(
         ROOT / "fer_tasks", path / "fer_tasks", ignore=shutil.ignore_patterns("__pycache__")
     )
     repo = Repo(path)
-    repo.set_params(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY))
+    repo.set_params(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides))
     repo.run("git", "init", "-q")
     repo.dvc("init", "-q")
     repo.dvc("config", "core.analytics", "false")
-    # dvclive needs a repository with at least one commit, as any real project has
+    # dvclive and DVC experiments need a repository with at least one commit
     repo.run("git", "add", "-A")
-    repo.run(
-        "git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"
-    )
+    identity = ("-c", "user.name=t", "-c", "user.email=t@example.invalid")
+    repo.run("git", *identity, "commit", "-qm", "tiny project")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Repo:
+    repo = tiny_project(tmp_path_factory.mktemp("project"), TINY)
     first = repo.dvc("repro")
     repo.first_run = repo.ran(first)
     return repo
