@@ -1,0 +1,91 @@
+"""The whole pipeline on real FER2013 with a preset, reporting PublicTest figures.
+
+Runs the stage functions in order (prepare, rebalance, backbone, base, every
+phase, evaluate, export) in a work directory outside the project, with
+params.yaml overlaid by a preset from fer_tasks/presets/. `evaluate` and the
+TFLite export are scored on PublicTest (the val split) and on the test split
+carved from Training. Rerunning reuses finished phases (their checkpoints).
+
+    .venv/bin/python bench/real_pipeline.py --preset fer2013-cpu [--csv PATH] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from fer_tasks.compare import merge_params
+from fer_tasks.params import parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CSV = ROOT / "../shared/datasets/fer2013/fer2013.csv.gz"
+
+
+def _timed(times: dict, name: str, fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    times[name] = round(time.perf_counter() - t0, 1)
+    logging.info("%s: %.1f s", name, times[name])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="fer2013-cpu")
+    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--work", type=Path, help="work dir (default: /tmp/fer_real_<preset>)")
+    ap.add_argument("--out", type=Path, help="JSON (default: bench/results/real_<preset>.json)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from fer_tasks.backbone import resolve_backbone
+    from fer_tasks.base import build_base
+    from fer_tasks.evaluate import evaluate
+    from fer_tasks.export import export_tflite
+    from fer_tasks.phase import train_phase
+    from fer_tasks.prepare import prepare
+    from fer_tasks.rebalance import rebalance
+
+    preset_path = ROOT / "fer_tasks" / "presets" / f"{args.preset}.yaml"
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = parse_params(merge_params(base, yaml.safe_load(preset_path.read_text())), preset_path)
+    work = args.work or Path(f"/tmp/fer_real_{args.preset}")
+    d, m, r = work / "data", work / "models", work / "reports"
+    times: dict[str, float] = {}
+    if not (d / "prepared" / "train.npz").is_file():
+        _timed(times, "prepare", prepare, args.csv, d / "prepared", r / "prepare.json", p.prepare)
+    _timed(times, "rebalance", rebalance, d / "prepared/train.npz", d / "rebalanced/train.npz",
+           d / "rebalanced/class_weights.json", r / "rebalance.json", r / "rebalance.png",
+           p.rebalance)
+    _timed(times, "backbone", resolve_backbone, m / "backbone.keras", p.model)
+    _timed(times, "base", build_base, m / "backbone.keras", m / "phases/base", p.base)
+    for name in p.finetune.order():
+        ph = p.finetune.phases[name]
+        _timed(times, f"phase@{name}", train_phase, name, m / "phases" / ph.after,
+               d / "rebalanced/train.npz", d / "rebalanced/class_weights.json",
+               d / "prepared/val.npz", m / "phases" / name, m / "checkpoints" / name,
+               r / "phases" / name, ph)
+    final = m / "phases" / p.finetune.final / "model.keras"
+    results = {"preset": args.preset, "params": p.model_dump(), "seconds": times}
+    for split, npz in (("publictest", "val.npz"), ("test_carved", "test.npz")):
+        results[split] = _timed(times, f"evaluate {split}", evaluate, final,
+                                d / "prepared" / npz, None, r / f"evaluate_{split}", p.evaluate)
+    export = _timed(times, "export", export_tflite, final, d / "prepared/train.npz",
+                    d / "prepared/val.npz", m / "export", r / "export_publictest.json", p.export)
+    results["export_publictest"] = export
+    results["total_seconds"] = round(sum(times.values()), 1)
+    out = args.out or ROOT / "bench" / "results" / f"real_{args.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    pt = results["publictest"]
+    print(f"preset {args.preset}: PublicTest accuracy {pt['accuracy']:.2%}, macro-F1 "
+          f"{pt['macro_f1']:.3f}, disgust recall {pt['per_class']['disgust']['recall']:.2%}; "
+          f"total {results['total_seconds']:.0f} s; details in {out} and {r}")
+
+
+if __name__ == "__main__":
+    main()
