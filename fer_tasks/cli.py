@@ -115,7 +115,7 @@ def _cmd_predict(a) -> int:
 def _cmd_metrics(a, p):
     from fer_tasks.report import metrics_table
 
-    print(metrics_table(Path(a.reports)))
+    print(metrics_table(Path(a.reports), p.finetune.order()))
 
 
 def _cmd_compare(a, p):

@@ -14,8 +14,8 @@ def _row(name: str, m: dict) -> list[str]:
     return [name, f("accuracy"), f("macro_f1"), f("loss"), f("epochs")]
 
 
-def metrics_table(reports_dir: Path) -> str:
-    """One line per trained model (SVM baseline, each phase, final test evaluation)."""
+def metrics_table(reports_dir: Path, phases: list[str]) -> str:
+    """One line per trained model (SVM baseline, each phase in order, final test evaluation)."""
     reports_dir = Path(reports_dir)
     rows: list[list[str]] = []
     svm = reports_dir / "svm" / "metrics.json"
@@ -24,15 +24,19 @@ def metrics_table(reports_dir: Path) -> str:
         for split in ("val", "test"):
             if split in m:
                 rows.append(_row(f"svm baseline ({split})", m[split]))
-    for path in sorted((reports_dir / "phases").glob("*/metrics.json"), key=_epoch_key):
+    for name in phases:
+        path = reports_dir / "phases" / name / "metrics.json"
+        if not path.is_file():
+            continue
         m = json.loads(path.read_text())
+        val = m.get("val", {})
         rows.append(
             _row(
-                f"phase@{path.parent.name} (val)",
+                f"phase@{name} (val)",
                 {
-                    "accuracy": m.get("val", {}).get("accuracy"),
+                    "accuracy": val.get("accuracy"),
                     "macro_f1": m.get("val_macro_f1"),
-                    "loss": m.get("val", {}).get("loss"),
+                    "loss": val.get("loss"),
                     "epochs": m.get("step"),
                 },
             )
@@ -46,7 +50,3 @@ def metrics_table(reports_dir: Path) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)])
-
-
-def _epoch_key(path: Path) -> int:
-    return int(json.loads(path.read_text()).get("step", 0))
