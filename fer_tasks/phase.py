@@ -217,7 +217,7 @@ def train_phase(
             "phase %s: resuming from checkpoint at epoch %d (target %d)", name, initial, target
         )
     else:
-        model = keras.saving.load_model(parent_dir / "model.keras", safe_mode=True)
+        model = keras.saving.load_model(parent_dir / "model.keras", compile=False, safe_mode=True)
         unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
         compile_model(model, lr_fn(start))  # recompile: trainability changes need it
         initial, own_history = start, []
@@ -264,6 +264,7 @@ def train_phase(
                 ckpt,
                 logger,
             ],
+            shuffle=False,  # the dataset is already shuffled, seeded per epoch
             verbose=1 if sys.stdout.isatty() else 2,
         )
 
