@@ -33,8 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-# Ten stages shaped like the real graph (two independent branches), each reading
-# one params section and its parent's output; the command only writes a file.
+# Eight stages, ten with the two phases, shaped like the real graph (two independent
+# branches), each reading one params section and its parent's output; the command only
+# writes a file.
 STAGES = {  # name: (params section, parent stage or None)
     "validate": ("synthesize", None),
     "synthesize": ("synthesize", None),
@@ -44,9 +45,18 @@ STAGES = {  # name: (params section, parent stage or None)
     "features": ("features", "backbone"),
     "svm": ("svm", "features"),
     "base": ("base", "backbone"),
-    "phase_top": ("finetune.phases.top", "base"),
-    "phase_next": ("finetune.phases.block6", "phase_top"),
 }
+
+
+def _stages() -> dict[str, tuple[str, str | None]]:
+    """STAGES plus two phase stages reading the first two phases of params.yaml."""
+    from fer_tasks.params import load_params
+
+    first, second = (load_params(ROOT / "params.yaml").finetune.order() + [None])[:2]
+    stages = {**STAGES, "phase_a": (f"finetune.phases.{first}", "base")}
+    if second is not None:
+        stages["phase_b"] = (f"finetune.phases.{second}", "phase_a")
+    return stages
 
 
 # Prefect's own floor for comparison: a flow of ten tasks that do nothing, same server
@@ -77,7 +87,7 @@ def synthetic_project(path: Path) -> Path:
         "out.write_text(' '.join(sys.argv))\n"
     )
     stages = {}
-    for name, (section, parent) in STAGES.items():
+    for name, (section, parent) in _stages().items():
         deps = ["stage.py"] + ([f"out/{parent}.txt"] if parent else [])
         stages[name] = {
             "cmd": f"python stage.py out/{name}.txt",
