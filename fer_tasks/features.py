@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,21 +39,6 @@ __all__ = ["SPLITS", "extract_features"]
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        images, labels = load_split(path)
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a split .npz with images and labels ({err})") from None
-    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(
-            f"{path}: images must be uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}), "
-            f"got {images.dtype} {images.shape}"
-        )
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{path}: {len(images)} images but labels of shape {labels.shape}")
-    return images, labels.astype(np.int64)
 
 
 def _infer_fn(model):
@@ -188,7 +172,7 @@ def extract_features(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for split in present:
-            images, labels = _load(data_dir / f"{split}.npz")
+            images, labels = load_split(data_dir / f"{split}.npz")
             feats, seconds, cpu_seconds = _run_split(infer, images, dim, params.batch_size, split)
             if not np.isfinite(feats).all():
                 raise ValueError(f"{split}: backbone produced non-finite features")

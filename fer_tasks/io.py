@@ -7,10 +7,13 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from fer_tasks import IMAGE_SIZE, NUM_CLASSES
 
 
 @contextlib.contextmanager
@@ -54,5 +57,32 @@ def save_split(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None
 
 
 def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        return z["images"], z["labels"]
+    """Read and check a split: uint8 images (N, 48, 48) and int64 labels in 0..6.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file
+    for anything else that is not such a split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split file not found")
+    try:
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a split .npz with images and labels ({err})") from None
+    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(
+            f"{path}: images must be uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}), "
+            f"got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{path}: {len(images)} images but labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+    bad = (labels < 0) | (labels >= NUM_CLASSES)
+    if bad.any():
+        raise ValueError(
+            f"{path}: {int(bad.sum())} labels outside 0..{NUM_CLASSES - 1} "
+            f"(first: {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})"
+        )
+    return images, labels.astype(np.int64)
