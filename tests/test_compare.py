@@ -188,7 +188,7 @@ def test_dry_run_prints_one_dvc_command_per_configuration(capsys):
 
 # --- end to end: two configurations as DVC experiments in a tiny temporary project ------------
 
-TINY = {"synthesize": {"n_samples": 420}, "svm": {"max_iter": 500}}
+TINY = {"synthesize": {"n_samples": 420}, "svm": {"max_iter": 500, "pca_components": 64}}
 
 
 @pytest.mark.slow
