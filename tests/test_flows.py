@@ -157,17 +157,41 @@ def test_two_runs_on_one_workspace_queue_and_leave_it_intact(project, tmp_path):
         fh.write("# touched: the validate stage is stale\n")
     env = {**project.env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path)}
     cmd = [sys.executable, "-m", "flows.pipeline", "--workspace", str(project.path)]
-    runs = [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in runs]
+    # Hold the workspace ourselves until both runs are waiting for it, so they
+    # overlap for certain (process start-up alone can otherwise serialise them).
+    with pipeline.workspace_lock(project.path, timeout_s=60):
+        runs = [
+            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        streams = [(_drain(p.stdout), _drain(p.stderr)) for p in runs]
+        deadline = time.monotonic() + 300
+        while not all(b"is busy" in b"".join(err) for _, err in streams):
+            assert time.monotonic() < deadline, "the runs never waited for the workspace"
+            assert all(p.poll() is None for p in runs), "a run ended while the workspace was held"
+            time.sleep(0.2)
+    for p in runs:
+        p.wait(timeout=600)
+    for reader in _READERS:
+        reader.join(timeout=60)
+    outs = [(b"".join(out), b"".join(err)) for out, err in streams]
     assert [p.returncode for p in runs] == [0, 0], [e.decode()[-3000:] for _, e in outs]
     ran = sorted(json.loads(o.decode().splitlines()[-1])["ran"] for o, _ in outs)
     assert ran == [[], ["validate"]]  # one after the other: the second found it done
-    assert any(b"is busy" in e for _, e in outs)
     assert project.changed() == set()
     assert project.ran(project.dvc("repro")) == set()
+
+
+def _drain(stream) -> list[bytes]:
+    """Collect a pipe's output in a thread (so the child never blocks on a full pipe)."""
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(stream.readline, b"")))
+    reader.start()
+    _READERS.append(reader)
+    return chunks
+
+
+_READERS: list[threading.Thread] = []
 
 
 @pytest.mark.slow
