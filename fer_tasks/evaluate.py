@@ -140,11 +140,7 @@ def evaluate(
     """
     model_path, test_path, out_dir = Path(model_path), Path(test_path), Path(out_dir)
     svm = _svm_test(Path(svm_metrics_path) if svm_metrics_path is not None else None)
-    images, labels = load_split(test_path)
-    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(
-            f"{test_path}: expected uint8 (N, 48, 48) images, got {images.dtype} {images.shape}"
-        )
+    images, labels = load_split(test_path)  # checks uint8 (N, 48, 48) and labels
     if len(images) == 0:
         raise ValueError(f"{test_path}: the test split is empty")
 

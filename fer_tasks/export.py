@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_tasks import IMAGE_SIZE
 from fer_tasks.io import atomic_path, load_split, write_json
 from fer_tasks.params import ExportParams
 from fer_tasks.predict import TFLiteClassifier
@@ -122,13 +121,8 @@ def export_tflite(
     from fer_tasks.data import eval_dataset
 
     model_path, out_dir, report_path = Path(model_path), Path(out_dir), Path(report_path)
-    train_images, _ = load_split(train_path)
+    train_images, _ = load_split(train_path)  # load_split checks uint8 (N, 48, 48)
     test_images, test_labels = load_split(test_path)
-    for path, arr in ((train_path, train_images), (test_path, test_images)):
-        if arr.dtype != np.uint8 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(
-                f"{path}: expected uint8 (N, 48, 48) images, got {arr.dtype} {arr.shape}"
-            )
     if len(test_images) == 0:
         raise ValueError(f"{test_path}: the test split is empty")
 
