@@ -164,7 +164,8 @@ def test_two_runs_on_one_workspace_queue_and_leave_it_intact(project, tmp_path):
             subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(2)
         ]
-        streams = [(_drain(p.stdout), _drain(p.stderr)) for p in runs]
+        drained = [(_drain(p.stdout), _drain(p.stderr)) for p in runs]
+        streams = [(out, err) for (out, _), (err, _) in drained]
         deadline = time.monotonic() + 300
         while not all(b"is busy" in b"".join(err) for _, err in streams):
             assert time.monotonic() < deadline, "the runs never waited for the workspace"
@@ -172,8 +173,9 @@ def test_two_runs_on_one_workspace_queue_and_leave_it_intact(project, tmp_path):
             time.sleep(0.2)
     for p in runs:
         p.wait(timeout=600)
-    for reader in _READERS:
-        reader.join(timeout=60)
+    for (_, out_reader), (_, err_reader) in drained:
+        out_reader.join(timeout=60)
+        err_reader.join(timeout=60)
     outs = [(b"".join(out), b"".join(err)) for out, err in streams]
     assert [p.returncode for p in runs] == [0, 0], [e.decode()[-3000:] for _, e in outs]
     ran = sorted(json.loads(o.decode().splitlines()[-1])["ran"] for o, _ in outs)
@@ -182,16 +184,12 @@ def test_two_runs_on_one_workspace_queue_and_leave_it_intact(project, tmp_path):
     assert project.ran(project.dvc("repro")) == set()
 
 
-def _drain(stream) -> list[bytes]:
+def _drain(stream) -> tuple[list[bytes], threading.Thread]:
     """Collect a pipe's output in a thread (so the child never blocks on a full pipe)."""
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(stream.readline, b"")))
     reader.start()
-    _READERS.append(reader)
-    return chunks
-
-
-_READERS: list[threading.Thread] = []
+    return chunks, reader
 
 
 @pytest.mark.slow
