@@ -109,19 +109,25 @@ def _local_weights(path: str) -> str:
 
 def build_backbone(params: ModelParams) -> keras.Model:
     """The feature extractor for `params`: (48, 48, 1) 0-255 input -> pooled features."""
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
-    x = _to_rgb(inputs, params.input_size)
-    if params.backbone == "efficientnet_b0":
-        trunk = _build_b0(x, params)
-        model = keras.Model(inputs, trunk.output, name="efficientnet_b0")
-    elif params.backbone == "efficientnet_lite0":
-        model = _build_lite0(inputs, x, params)
-    else:  # params validation makes this unreachable; kept for direct callers
-        raise BackboneError(f"model.backbone: unknown backbone {params.backbone!r}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(params.precision)
+    try:
+        inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
+        x = _to_rgb(inputs, params.input_size)
+        if params.backbone == "efficientnet_b0":
+            trunk = _build_b0(x, params)
+            model = keras.Model(inputs, trunk.output, name="efficientnet_b0")
+        elif params.backbone == "efficientnet_lite0":
+            model = _build_lite0(inputs, x, params)
+        else:  # params validation makes this unreachable; kept for direct callers
+            raise BackboneError(f"model.backbone: unknown backbone {params.backbone!r}")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     log.info(
-        "backbone %s (weights=%s) at %dx%d: %d layers, %d features",
+        "backbone %s (weights=%s, %s) at %dx%d: %d layers, %d features",
         params.backbone,
         params.weights,
+        params.precision,
         params.input_size,
         params.input_size,
         len(model.layers),

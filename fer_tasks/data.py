@@ -17,10 +17,50 @@ import tensorflow as tf
 from fer_tasks import NUM_CLASSES
 
 
-def _augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Mild, label-preserving augmentation: horizontal flip, brightness, contrast."""
+def _affine(images: tf.Tensor, seed: tf.Tensor, shift: float, rotate: float, zoom: float):
+    """Random shift (fraction of the side), rotation (degrees) and zoom, one draw per image.
+
+    Builds the inverse maps Keras' RandomRotation/RandomTranslation/RandomZoom
+    use and applies them in one `ImageProjectiveTransformV3` (bilinear, edges
+    repeated), drawing from stateless RNGs so a batch is a function of its seed.
+    """
+    n = tf.shape(images)[0]
+    h = tf.cast(tf.shape(images)[1], tf.float32)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+
+    def draw(k: int, bound: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([n], tf.stack([seed[0], seed[1] * 7 + k]), -bound, bound)
+
+    angle = draw(3, rotate * math.pi / 180.0)
+    scale = 1.0 + draw(4, zoom)  # > 1 zooms out, < 1 zooms in (inverse map)
+    tx, ty = draw(5, shift) * w, draw(6, shift) * h
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    # output (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation and
+    # scale about the centre, then the shift
+    a2 = cx - cos * cx + sin * cy - tx
+    b2 = cy - sin * cx - cos * cy - ty
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+
+
+def _augment(
+    images: tf.Tensor, seed: tf.Tensor, shift: float = 0.0, rotate: float = 0.0, zoom: float = 0.0
+) -> tf.Tensor:
+    """Label-preserving augmentation: flip, brightness, contrast, and optionally
+    random shift / rotation / zoom (`shift`, `rotate`, `zoom` of a phase)."""
     s1, s2, s3 = (tf.stack([seed[0], seed[1] * 3 + k]) for k in range(3))
     x = tf.image.stateless_random_flip_left_right(images, s1)
+    if shift or rotate or zoom:
+        x = _affine(x, seed, shift, rotate, zoom)
     x = tf.image.stateless_random_brightness(x, 20.0, s2)
     x = tf.image.stateless_random_contrast(x, 0.8, 1.2, s3)
     return tf.clip_by_value(x, 0.0, 255.0)
@@ -36,6 +76,9 @@ def train_dataset(
     seed: int,
     augment: bool,
     max_steps: int | None = None,
+    shift: float = 0.0,
+    rotate: float = 0.0,
+    zoom: float = 0.0,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches for epochs first_epoch..last_epoch-1 (global numbering) and steps per epoch.
 
@@ -62,7 +105,7 @@ def train_dataset(
     def gather(idx: tf.Tensor, bseed: tf.Tensor):
         x = tf.cast(tf.gather(x_all, idx), tf.float32)
         if augment:
-            x = _augment(x, bseed)
+            x = _augment(x, bseed, shift, rotate, zoom)
         return x, tf.one_hot(tf.gather(y_all, idx), NUM_CLASSES)
 
     ds = (

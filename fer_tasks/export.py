@@ -126,7 +126,9 @@ def export_tflite(
     if len(test_images) == 0:
         raise ValueError(f"{test_path}: the test split is empty")
 
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    from fer_tasks.model import as_float32
+
+    model = as_float32(keras.saving.load_model(model_path, compile=False, safe_mode=True))
     keras_probs = model.predict(eval_dataset(test_images, None, EVAL_BATCH), verbose=0)
     keras_pred = np.asarray(keras_probs).argmax(axis=1)
     keras_acc = float(np.mean(keras_pred == test_labels))

@@ -35,6 +35,7 @@ def build_model(backbone: keras.Model, params: BaseModelParams) -> keras.Model:
         activation="softmax",
         kernel_regularizer=keras.regularizers.L2(params.l2_coef),
         name=HEAD_NAME,
+        dtype="float32",  # softmax and loss in float32 under a mixed-precision backbone
     )(x)
     # Built on the backbone's own tensors, so its layers sit flat in this model
     # and `model.layers[-n:]` counts the way the write-up's counts do.
@@ -93,3 +94,32 @@ def unfreeze_model(model: keras.Model, unfreeze: int | str, unfreeze_bn: bool = 
         len(model.trainable_weights),
     )
     return opened
+
+
+def _float32_config(cfg):
+    """A copy of a model config with every mixed dtype policy replaced by float32."""
+    if isinstance(cfg, dict):
+        if cfg.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(
+            cfg.get("config"), dict
+        ):
+            return {**cfg, "config": {**cfg["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [_float32_config(v) for v in cfg]
+    if isinstance(cfg, str) and cfg.startswith("mixed_"):
+        return "float32"
+    return cfg
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """`model` itself when it computes in float32, else a float32 copy with the same weights.
+
+    A model trained under `model.precision: mixed_*` computes in float16/bfloat16;
+    the TFLite converter and CPUs want float32 (the variables already are).
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+    clone = model.__class__.from_config(_float32_config(model.get_config()))
+    clone.set_weights(model.get_weights())
+    log.info("converted %s from mixed precision to float32", model.name)
+    return clone

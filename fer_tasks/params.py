@@ -60,6 +60,10 @@ class ModelParams(_Section):
     weights: str = "imagenet"
     input_size: int = Field(48, ge=32, le=600)
     pooling: Literal["max", "avg"] = "max"
+    # Keras dtype policy the backbone is built under (its saved layers keep it, so
+    # every later stage computes in it); mixed_float16 pays off on GPUs with tensor
+    # cores, and is slower than float32 on CPUs. The softmax head stays float32.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
 class FeaturesParams(_Section):
@@ -101,6 +105,11 @@ class PhaseParams(_Section):
     lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
     lr_decay_rate: float = Field(0.9, gt=0.0, le=1.0)
     augment: bool = True
+    # geometric augmentation on top of flip/brightness/contrast (0 = off): random
+    # shift as a fraction of the side, rotation in degrees, zoom as a fraction
+    shift: float = Field(0.0, ge=0.0, le=0.5)
+    rotate: float = Field(0.0, ge=0.0, le=180.0)
+    zoom: float = Field(0.0, ge=0.0, le=0.5)
     seed: Seed = 0
     deterministic: bool = False
     max_class_share: float = Field(0.9, gt=0.0, le=1.0)
