@@ -34,31 +34,26 @@ def _timed(times: dict, name: str, fn, *args):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="fer2013-cpu")
-    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    ap.add_argument("--work", type=Path, help="work dir (default: /tmp/fer_real_<preset>)")
-    ap.add_argument("--out", type=Path, help="JSON (default: bench/results/real_<preset>.json)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Path | None = None):
+    """The stage functions in order under `work`; returns the results dict (seconds included).
+
+    `prepared`: an existing prepared directory to read instead of running `prepare`.
+    """
     from fer_tasks.backbone import resolve_backbone
     from fer_tasks.base import build_base
     from fer_tasks.evaluate import evaluate
     from fer_tasks.export import export_tflite
+    from fer_tasks.io import read_json
     from fer_tasks.phase import train_phase
     from fer_tasks.prepare import prepare
     from fer_tasks.rebalance import rebalance
 
-    preset_path = ROOT / "fer_tasks" / "presets" / f"{args.preset}.yaml"
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p = parse_params(merge_params(base, yaml.safe_load(preset_path.read_text())), preset_path)
-    work = args.work or Path(f"/tmp/fer_real_{args.preset}")
     d, m, r = work / "data", work / "models", work / "reports"
+    pre = prepared or d / "prepared"
     times: dict[str, float] = {}
-    if not (d / "prepared" / "train.npz").is_file():
-        _timed(times, "prepare", prepare, args.csv, d / "prepared", r / "prepare.json", p.prepare)
-    _timed(times, "rebalance", rebalance, d / "prepared/train.npz", d / "rebalanced/train.npz",
+    if not (pre / "train.npz").is_file():
+        _timed(times, "prepare", prepare, csv, pre, r / "prepare.json", p.prepare)
+    _timed(times, "rebalance", rebalance, pre / "train.npz", d / "rebalanced/train.npz",
            d / "rebalanced/class_weights.json", r / "rebalance.json", r / "rebalance.png",
            p.rebalance)
     _timed(times, "backbone", resolve_backbone, m / "backbone.keras", p.model)
@@ -67,24 +62,49 @@ def main() -> None:
         ph = p.finetune.phases[name]
         _timed(times, f"phase@{name}", train_phase, name, m / "phases" / ph.after,
                d / "rebalanced/train.npz", d / "rebalanced/class_weights.json",
-               d / "prepared/val.npz", m / "phases" / name, m / "checkpoints" / name,
+               pre / "val.npz", m / "phases" / name, m / "checkpoints" / name,
                r / "phases" / name, ph)
     final = m / "phases" / p.finetune.final / "model.keras"
-    results = {"preset": args.preset, "params": p.model_dump(), "seconds": times}
+    results = {"params": p.model_dump(), "seconds": times, "model": str(final)}
+    results["final_state"] = read_json(final.parent / "state.json")
     for split, npz in (("publictest", "val.npz"), ("test_carved", "test.npz")):
         results[split] = _timed(times, f"evaluate {split}", evaluate, final,
-                                d / "prepared" / npz, None, r / f"evaluate_{split}", p.evaluate)
-    export = _timed(times, "export", export_tflite, final, d / "prepared/train.npz",
-                    d / "prepared/val.npz", m / "export", r / "export_publictest.json", p.export)
-    results["export_publictest"] = export
+                                pre / npz, None, r / f"evaluate_{split}", p.evaluate)
+    if export:
+        results["export_publictest"] = _timed(
+            times, "export", export_tflite, final, pre / "train.npz", pre / "val.npz",
+            m / "export", r / "export_publictest.json", p.export)
     results["total_seconds"] = round(sum(times.values()), 1)
+    return results
+
+
+def load_preset(name: str):
+    preset_path = ROOT / "fer_tasks" / "presets" / f"{name}.yaml"
+    if not preset_path.is_file():
+        known = sorted(q.stem for q in preset_path.parent.glob("*.yaml"))
+        raise SystemExit(f"{preset_path}: no such preset (have {known})")
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return parse_params(merge_params(base, yaml.safe_load(preset_path.read_text())), preset_path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="fer2013-cpu")
+    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--work", type=Path, help="work dir (default: /tmp/fer_real_<preset>)")
+    ap.add_argument("--out", type=Path, help="JSON (default: bench/results/real_<preset>.json)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = load_preset(args.preset)
+    work = args.work or Path(f"/tmp/fer_real_{args.preset}")
+    results = {"preset": args.preset, **run_pipeline(p, args.csv, work)}
     out = args.out or ROOT / "bench" / "results" / f"real_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     pt = results["publictest"]
     print(f"preset {args.preset}: PublicTest accuracy {pt['accuracy']:.2%}, macro-F1 "
           f"{pt['macro_f1']:.3f}, disgust recall {pt['per_class']['disgust']['recall']:.2%}; "
-          f"total {results['total_seconds']:.0f} s; details in {out} and {r}")
+          f"total {results['total_seconds']:.0f} s; details in {out} and {work / 'reports'}")
 
 
 if __name__ == "__main__":
