@@ -118,6 +118,19 @@ def _cmd_metrics(a, p):
     print(metrics_table(Path(a.reports), p.finetune.order()))
 
 
+def _cmd_preset(a, p):
+    from fer_tasks.preset import apply_preset, available
+
+    if a.list or a.name is None:
+        print("\n".join(available()))
+        return
+    changes = apply_preset(a.name, Path(a.params), a.source)
+    print(f"{a.params}: preset {a.name} applied, {len(changes)} change(s)")
+    for line in changes:
+        print(f"  {line}")
+    print("next: dvc repro")
+
+
 def _cmd_compare(a, p):
     from fer_tasks.compare import run_from_args
 
@@ -249,6 +262,15 @@ def _parser() -> argparse.ArgumentParser:
         "print the metrics table of a finished run",
         ("--reports", "reports dir"),
     )
+    sp = sub.add_parser(
+        "preset",
+        help="merge a shipped preset (e.g. fer2013-cpu) into the params file",
+        parents=[common],
+    )
+    sp.add_argument("name", nargs="?", help="preset name (omit, or --list, to list them)")
+    sp.add_argument("--list", action="store_true", help="list the shipped presets")
+    sp.add_argument("--source", help="also set prepare.source (e.g. data/raw/fer2013.csv)")
+    sp.set_defaults(fn=_cmd_preset)
     from fer_tasks.compare import add_arguments as add_compare_arguments
 
     sp = sub.add_parser(
