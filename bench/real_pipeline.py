@@ -53,29 +53,112 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
     times: dict[str, float] = {}
     if not (pre / "train.npz").is_file():
         _timed(times, "prepare", prepare, csv, pre, r / "prepare.json", p.prepare)
-    _timed(times, "rebalance", rebalance, pre / "train.npz", d / "rebalanced/train.npz",
-           d / "rebalanced/class_weights.json", r / "rebalance.json", r / "rebalance.png",
-           p.rebalance)
+    _timed(
+        times,
+        "rebalance",
+        rebalance,
+        pre / "train.npz",
+        d / "rebalanced/train.npz",
+        d / "rebalanced/class_weights.json",
+        r / "rebalance.json",
+        r / "rebalance.png",
+        p.rebalance,
+    )
     _timed(times, "backbone", resolve_backbone, m / "backbone.keras", p.model)
     _timed(times, "base", build_base, m / "backbone.keras", m / "phases/base", p.base)
     for name in p.finetune.order():
         ph = p.finetune.phases[name]
-        _timed(times, f"phase@{name}", train_phase, name, m / "phases" / ph.after,
-               d / "rebalanced/train.npz", d / "rebalanced/class_weights.json",
-               pre / "val.npz", m / "phases" / name, m / "checkpoints" / name,
-               r / "phases" / name, ph)
+        _timed(
+            times,
+            f"phase@{name}",
+            train_phase,
+            name,
+            m / "phases" / ph.after,
+            d / "rebalanced/train.npz",
+            d / "rebalanced/class_weights.json",
+            pre / "val.npz",
+            m / "phases" / name,
+            m / "checkpoints" / name,
+            r / "phases" / name,
+            ph,
+        )
     final = m / "phases" / p.finetune.final / "model.keras"
     results = {"params": p.model_dump(), "seconds": times, "model": str(final)}
     results["final_state"] = read_json(final.parent / "state.json")
     for split, npz in (("publictest", "val.npz"), ("test_carved", "test.npz")):
-        results[split] = _timed(times, f"evaluate {split}", evaluate, final,
-                                pre / npz, None, r / f"evaluate_{split}", p.evaluate)
+        results[split] = _timed(
+            times,
+            f"evaluate {split}",
+            evaluate,
+            final,
+            pre / npz,
+            None,
+            r / f"evaluate_{split}",
+            p.evaluate,
+        )
     if export:
         results["export_publictest"] = _timed(
-            times, "export", export_tflite, final, pre / "train.npz", pre / "val.npz",
-            m / "export", r / "export_publictest.json", p.export)
+            times,
+            "export",
+            export_tflite,
+            final,
+            pre / "train.npz",
+            pre / "val.npz",
+            m / "export",
+            r / "export_publictest.json",
+            p.export,
+        )
     results["total_seconds"] = round(sum(times.values()), 1)
     return results
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    """Train/val loss and accuracy over the global epoch axis, phase boundaries dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ep = [r["epoch"] for r in history]
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(ep, [r[key] for r in history], marker=".", label=f"train {key}")
+        ax.plot(ep, [r[f"val_{key}"] for r in history], marker=".", label=f"PublicTest {key}")
+        for a, b in zip(history, history[1:], strict=False):
+            if a.get("phase") != b.get("phase"):
+                ax.axvline(a["epoch"] + 0.5, color="grey", ls="--", lw=0.9)
+                ax.text(
+                    a["epoch"] + 0.7,
+                    ax.get_ylim()[0],
+                    f"{b['phase']}",
+                    fontsize=8,
+                    va="bottom",
+                    color="grey",
+                )
+        ax.set_xlabel("epoch (global, across phases)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(work: Path, name: str, dest: Path) -> list[Path]:
+    """curves and the PublicTest confusion matrix of a finished run in `work`, into `dest`."""
+    import shutil
+
+    from fer_tasks.io import read_json
+
+    p = load_preset(name) if (ROOT / "fer_tasks/presets" / f"{name}.yaml").is_file() else None
+    final = p.finetune.final if p else None
+    state = work / "models" / "phases" / final / "state.json"
+    dest.mkdir(parents=True, exist_ok=True)
+    curves = dest / f"{name}_curves.png"
+    plot_history(read_json(state)["history"], curves, f"{name} on FER2013 (2 CPU cores)")
+    confusion = dest / f"{name}_confusion.png"
+    shutil.copyfile(work / "reports" / "evaluate_publictest" / "confusion.png", confusion)
+    return [curves, confusion]
 
 
 def load_preset(name: str):
@@ -93,18 +176,33 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--work", type=Path, help="work dir (default: /tmp/fer_real_<preset>)")
     ap.add_argument("--out", type=Path, help="JSON (default: bench/results/real_<preset>.json)")
+    ap.add_argument("--figures", type=Path, help="also write curves + confusion PNGs here")
+    ap.add_argument(
+        "--figures-only",
+        action="store_true",
+        help="only (re)draw the figures of a finished run in --work",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = load_preset(args.preset)
     work = args.work or Path(f"/tmp/fer_real_{args.preset}")
+    if args.figures_only:
+        for f in write_figures(work, args.preset, args.figures or ROOT / "docs" / "img"):
+            print(f"written {f}")
+        return
     results = {"preset": args.preset, **run_pipeline(p, args.csv, work)}
     out = args.out or ROOT / "bench" / "results" / f"real_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     pt = results["publictest"]
-    print(f"preset {args.preset}: PublicTest accuracy {pt['accuracy']:.2%}, macro-F1 "
-          f"{pt['macro_f1']:.3f}, disgust recall {pt['per_class']['disgust']['recall']:.2%}; "
-          f"total {results['total_seconds']:.0f} s; details in {out} and {work / 'reports'}")
+    print(
+        f"preset {args.preset}: PublicTest accuracy {pt['accuracy']:.2%}, macro-F1 "
+        f"{pt['macro_f1']:.3f}, disgust recall {pt['per_class']['disgust']['recall']:.2%}; "
+        f"total {results['total_seconds']:.0f} s; details in {out} and {work / 'reports'}"
+    )
+    if args.figures:
+        for f in write_figures(work, args.preset, args.figures):
+            print(f"written {f}")
 
 
 if __name__ == "__main__":
