@@ -99,6 +99,12 @@ def _cmd_evaluate(a, p):
     evaluate(Path(a.model), Path(a.test), svm, Path(a.out), p.evaluate)
 
 
+def _cmd_summary(a, p):
+    from fer_tasks.evaluate import summarize
+
+    summarize(Path(a.metrics), Path(a.svm_metrics), Path(a.out), a.model_name)
+
+
 def _cmd_export(a, p):
     from fer_tasks.export import export_tflite
 
@@ -226,6 +232,15 @@ def _parser() -> argparse.ArgumentParser:
         ("--test", "test split .npz"),
         ("--svm-metrics?", "SVM metrics.json for the comparison table"),
         ("--out", "reports dir"),
+    )
+    add(
+        "summary",
+        _cmd_summary,
+        "the fine-tuned model vs the SVM baseline (comparison.md), no TensorFlow",
+        ("--metrics", "evaluate metrics.json"),
+        ("--svm-metrics", "svm metrics.json"),
+        ("--model-name?", "how to name the model in the table"),
+        ("--out", "comparison.md to write"),
     )
     add(
         "export",

@@ -134,7 +134,9 @@ def evaluate(
     out_dir: Path,
     params: EvaluateParams,
 ) -> dict:
-    """Score the model on the test split; write metrics.json, confusion.{csv,png}, comparison.md.
+    """Score the model on the test split; write metrics.json, confusion.{csv,png}, and
+    comparison.md when SVM metrics are given (the pipeline's `summary` stage writes it
+    instead, so that an SVM edit does not rerun the model).
 
     Returns the metrics written to metrics.json.
     """
@@ -151,10 +153,10 @@ def evaluate(
     write_json(out_dir / "metrics.json", metrics)
     write_confusion_csv(out_dir / "confusion.csv", labels, y_pred)
     write_confusion_png(out_dir / "confusion.png", labels, y_pred, "fine-tuned model, test split")
-    svm_name = "(not given)" if svm_metrics_path is None else str(svm_metrics_path)
-    md = comparison_markdown(metrics, svm, str(model_path), svm_name)
-    with atomic_path(out_dir / "comparison.md") as tmp:
-        tmp.write_text(md)
+    if svm_metrics_path is not None:
+        md = comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
+        with atomic_path(out_dir / "comparison.md") as tmp:
+            tmp.write_text(md)
     log.info(
         "test: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d)%s",
         metrics["accuracy"],
@@ -164,3 +166,24 @@ def evaluate(
         f"; SVM accuracy {svm['accuracy']:.4f}, macro-F1 {svm['macro_f1']:.4f}" if svm else "",
     )
     return metrics
+
+
+def summarize(
+    metrics_path: Path, svm_metrics_path: Path, out_path: Path, model_name: str | None = None
+) -> str:
+    """`summary` stage: comparison.md from the two metrics files, without TensorFlow.
+
+    Kept out of `evaluate` so that editing the SVM reruns only this cheap step.
+    """
+    metrics_path, svm_metrics_path = Path(metrics_path), Path(svm_metrics_path)
+    metrics = read_json(metrics_path)
+    if not isinstance(metrics, dict) or not {"n", "accuracy", "macro_f1", "per_class"} <= set(
+        metrics
+    ):
+        raise ValueError(f"{metrics_path}: not an evaluate metrics.json")
+    md = comparison_markdown(
+        metrics, _svm_test(svm_metrics_path), model_name or str(metrics_path), str(svm_metrics_path)
+    )
+    with atomic_path(Path(out_path)) as tmp:
+        tmp.write_text(md)
+    return md

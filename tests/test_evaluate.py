@@ -150,3 +150,46 @@ def test_bad_svm_metrics_and_bad_test_split_fail_clearly(setup, tmp_path: Path) 
             root / "model.keras", tmp_path / "bad.npz", None, tmp_path / "out", EvaluateParams()
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_summary_stage_rebuilds_the_same_comparison_without_the_model(setup, tmp_path) -> None:
+    from fer_tasks.cli import main
+
+    out = tmp_path / "comparison.md"
+    svm = setup["root"] / "svm.json"
+    rc = main(
+        [
+            "summary",
+            "--metrics",
+            str(setup["out"] / "metrics.json"),
+            "--svm-metrics",
+            str(svm),
+            "--model-name",
+            str(setup["root"] / "model.keras"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    # the same table evaluate wrote, with the model named the same way
+    assert out.read_text() == (setup["out"] / "comparison.md").read_text()
+
+
+def test_summary_rejects_a_file_that_is_not_evaluate_metrics(setup, tmp_path) -> None:
+    from fer_tasks.evaluate import summarize
+
+    bad = tmp_path / "m.json"
+    write_json(bad, {"accuracy": 0.5})
+    with pytest.raises(ValueError, match=str(bad)):
+        summarize(bad, setup["root"] / "svm.json", tmp_path / "c.md")
+    assert not (tmp_path / "c.md").exists()
+
+
+def test_evaluate_without_svm_metrics_writes_no_comparison(setup, tmp_path) -> None:
+    root = setup["root"]
+    evaluate(root / "model.keras", root / "test.npz", None, tmp_path / "out", EvaluateParams())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "confusion.csv",
+        "confusion.png",
+        "metrics.json",
+    ]

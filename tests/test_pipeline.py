@@ -159,7 +159,7 @@ def test_second_phase_learning_rate_reruns_it_and_later_only(repo):
     try:
         assert repo.changed() == {"phase@block7"}
         ran = repo.ran(repo.dvc("repro"))
-        assert ran - {"validate"} == {"phase@block7", "evaluate", "export"}
+        assert ran - {"validate"} == {"phase@block7", "evaluate", "summary", "export"}
     finally:
         repo.set_params(original)
         repo.dvc("repro")
@@ -195,6 +195,6 @@ def test_adding_a_third_phase_runs_only_it(repo):
     edited["finetune"]["final"] = "all"
     repo.set_params(edited)
     r = repo.dvc("repro")
-    assert repo.ran(r) - {"validate", "evaluate", "export"} == {"phase@all"}
+    assert repo.ran(r) - {"validate", "evaluate", "summary", "export"} == {"phase@all"}
     state = json.loads((repo.path / "models/phases/all/state.json").read_text())
     assert (state["epoch_start"], state["epoch_end"]) == (2, 3)
