@@ -4,7 +4,9 @@ Runs the stage functions in order (prepare, rebalance, backbone, base, every
 phase, evaluate, export) in a work directory outside the project, with
 params.yaml overlaid by a preset from fer_tasks/presets/. `evaluate` and the
 TFLite export are scored on PublicTest (the val split) and on the test split
-carved from Training. Rerunning reuses finished phases (their checkpoints).
+carved from Training. Rerunning in the same --work skips every stage whose
+params (and upstream stages) are unchanged, as `dvc repro` would: adding a
+phase to a preset trains only the new phase.
 
     .venv/bin/python bench/real_pipeline.py --preset fer2013-cpu [--csv PATH] [--work DIR]
 """
@@ -34,6 +36,25 @@ def _timed(times: dict, name: str, fn, *args):
     return out
 
 
+def _cached(times: dict, work: Path, name: str, key: dict, outputs: list[Path], fn, *args):
+    """Run `fn` unless a marker says it already ran with the same `key` and its outputs exist.
+
+    Stage functions rewrite their outputs with new bytes (save dates), which would
+    make every later phase start over; like DVC, skip what has not changed.
+    """
+    marker = work / ".stages" / f"{name}.json"
+    text = json.dumps(key, sort_keys=True, default=str)
+    if marker.is_file() and marker.read_text() == text and all(o.exists() for o in outputs):
+        logging.info("%s: unchanged, skipped", name)
+        times[name] = 0.0
+        return None
+    marker.unlink(missing_ok=True)
+    out = _timed(times, name, fn, *args)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(text)
+    return out
+
+
 def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Path | None = None):
     """The stage functions in order under `work`; returns the results dict (seconds included).
 
@@ -53,29 +74,65 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
     times: dict[str, float] = {}
     if not (pre / "train.npz").is_file():
         _timed(times, "prepare", prepare, csv, pre, r / "prepare.json", p.prepare)
-    _timed(
+    rb = d / "rebalanced"
+    keys = {
+        "rebalance": {
+            "prepared": str(pre),
+            "prepare": p.prepare.model_dump(),
+            "rebalance": p.rebalance.model_dump(),
+        }
+    }
+    _cached(
         times,
+        work,
         "rebalance",
+        keys["rebalance"],
+        [rb / "train.npz"],
         rebalance,
         pre / "train.npz",
-        d / "rebalanced/train.npz",
-        d / "rebalanced/class_weights.json",
+        rb / "train.npz",
+        rb / "class_weights.json",
         r / "rebalance.json",
         r / "rebalance.png",
         p.rebalance,
     )
-    _timed(times, "backbone", resolve_backbone, m / "backbone.keras", p.model)
-    _timed(times, "base", build_base, m / "backbone.keras", m / "phases/base", p.base)
+    keys["backbone"] = {"model": p.model.model_dump()}
+    _cached(
+        times,
+        work,
+        "backbone",
+        keys["backbone"],
+        [m / "backbone.keras"],
+        resolve_backbone,
+        m / "backbone.keras",
+        p.model,
+    )
+    keys["base"] = {"backbone": keys["backbone"], "base": p.base.model_dump()}
+    _cached(
+        times,
+        work,
+        "base",
+        keys["base"],
+        [m / "phases/base/model.keras"],
+        build_base,
+        m / "backbone.keras",
+        m / "phases/base",
+        p.base,
+    )
     for name in p.finetune.order():
         ph = p.finetune.phases[name]
-        _timed(
+        keys[name] = {"parent": keys[ph.after], "data": keys["rebalance"], "phase": ph.model_dump()}
+        _cached(
             times,
+            work,
             f"phase@{name}",
+            keys[name],
+            [m / "phases" / name / "model.keras"],
             train_phase,
             name,
             m / "phases" / ph.after,
-            d / "rebalanced/train.npz",
-            d / "rebalanced/class_weights.json",
+            rb / "train.npz",
+            rb / "class_weights.json",
             pre / "val.npz",
             m / "phases" / name,
             m / "checkpoints" / name,
