@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.conftest import make_splits
+from conftest import make_splits
 
 
 @pytest.mark.slow
