@@ -142,7 +142,8 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
     final = m / "phases" / p.finetune.final / "model.keras"
     results = {"params": p.model_dump(), "seconds": times, "model": str(final)}
     results["final_state"] = read_json(final.parent / "state.json")
-    for split, npz in (("publictest", "val.npz"), ("test_carved", "test.npz")):
+    splits = (("publictest", "val.npz", "PublicTest"), ("test_carved", "test.npz", "carved test"))
+    for split, npz, title in splits:
         results[split] = _timed(
             times,
             f"evaluate {split}",
@@ -152,6 +153,7 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
             None,
             r / f"evaluate_{split}",
             p.evaluate,
+            title,
         )
     if export:
         results["export_publictest"] = _timed(

@@ -133,10 +133,13 @@ def evaluate(
     svm_metrics_path: Path | None,
     out_dir: Path,
     params: EvaluateParams,
+    split_name: str = "test split",
 ) -> dict:
-    """Score the model on the test split; write metrics.json, confusion.{csv,png}, and
-    comparison.md when SVM metrics are given (the pipeline's `summary` stage writes it
-    instead, so that an SVM edit does not rerun the model).
+    """Score the model on a split (named `split_name` in the figure's title).
+
+    Writes metrics.json, confusion.{csv,png}, and comparison.md when SVM metrics
+    are given (the pipeline's `summary` stage writes it instead, so that an SVM
+    edit does not rerun the model).
 
     Returns the metrics written to metrics.json.
     """
@@ -152,7 +155,9 @@ def evaluate(
 
     write_json(out_dir / "metrics.json", metrics)
     write_confusion_csv(out_dir / "confusion.csv", labels, y_pred)
-    write_confusion_png(out_dir / "confusion.png", labels, y_pred, "fine-tuned model, test split")
+    write_confusion_png(
+        out_dir / "confusion.png", labels, y_pred, f"fine-tuned model, {split_name}"
+    )
     if svm_metrics_path is not None:
         md = comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
         with atomic_path(out_dir / "comparison.md") as tmp:
