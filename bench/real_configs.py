@@ -83,7 +83,7 @@ def main() -> None:
         )
 
     notes = [
-        f"real FER2013; PublicTest ({rows[0] and raw[names[0]]['publictest']['n']} faces) is "
+        f"real FER2013; PublicTest ({raw[names[0]]['publictest']['n']} faces) is "
         "the validation split and the score; test: carved from Training",
         f"epochs scaled by {args.epochs_scale} from the write-up's 30 per configuration",
         "Lite0 at 48 px, batch 32, Adam 1e-3, balanced class weights (params.yaml)",

@@ -19,11 +19,6 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
-from fer_tasks.compare import merge_params
-from fer_tasks.params import parse_params
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "../shared/datasets/fer2013/fer2013.csv.gz"
 
@@ -203,14 +198,12 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_figures(work: Path, name: str, dest: Path) -> list[Path]:
+def write_figures(work: Path, name: str, final: str, dest: Path) -> list[Path]:
     """curves and the PublicTest confusion matrix of a finished run in `work`, into `dest`."""
     import shutil
 
     from fer_tasks.io import read_json
 
-    p = load_preset(name) if (ROOT / "fer_tasks/presets" / f"{name}.yaml").is_file() else None
-    final = p.finetune.final if p else None
     state = work / "models" / "phases" / final / "state.json"
     dest.mkdir(parents=True, exist_ok=True)
     curves = dest / f"{name}_curves.png"
@@ -221,12 +214,13 @@ def write_figures(work: Path, name: str, dest: Path) -> list[Path]:
 
 
 def load_preset(name: str):
-    preset_path = ROOT / "fer_tasks" / "presets" / f"{name}.yaml"
-    if not preset_path.is_file():
-        known = sorted(q.stem for q in preset_path.parent.glob("*.yaml"))
-        raise SystemExit(f"{preset_path}: no such preset (have {known})")
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return parse_params(merge_params(base, yaml.safe_load(preset_path.read_text())), preset_path)
+    from fer_tasks.params import ParamsError
+    from fer_tasks.preset import preset_params
+
+    try:
+        return preset_params(name, ROOT / "params.yaml")
+    except ParamsError as err:
+        raise SystemExit(str(err)) from None
 
 
 def main() -> None:
@@ -246,7 +240,9 @@ def main() -> None:
     p = load_preset(args.preset)
     work = args.work or Path(f"/tmp/fer_real_{args.preset}")
     if args.figures_only:
-        for f in write_figures(work, args.preset, args.figures or ROOT / "docs" / "img"):
+        for f in write_figures(
+            work, args.preset, p.finetune.final, args.figures or ROOT / "docs" / "img"
+        ):
             print(f"written {f}")
         return
     results = {"preset": args.preset, **run_pipeline(p, args.csv, work)}
@@ -260,7 +256,7 @@ def main() -> None:
         f"total {results['total_seconds']:.0f} s; details in {out} and {work / 'reports'}"
     )
     if args.figures:
-        for f in write_figures(work, args.preset, args.figures):
+        for f in write_figures(work, args.preset, p.finetune.final, args.figures):
             print(f"written {f}")
 
 

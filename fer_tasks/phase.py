@@ -239,9 +239,9 @@ def train_phase(
             seed=params.seed,
             augment=params.augment,
             max_steps=params.steps_per_epoch,
-            shift=params.shift if params.augment else 0.0,
-            rotate=params.rotate if params.augment else 0.0,
-            zoom=params.zoom if params.augment else 0.0,
+            shift=params.shift,
+            rotate=params.rotate,
+            zoom=params.zoom,
         )
         ckpt = _Checkpoint(ckpt_dir, fingerprint, own_history, lr_fn)
         logger.model_history = own_history

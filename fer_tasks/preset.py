@@ -13,7 +13,7 @@ import yaml
 
 from fer_tasks.compare import merge_params
 from fer_tasks.io import atomic_path
-from fer_tasks.params import ParamsError, parse_params
+from fer_tasks.params import Params, ParamsError, parse_params
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -27,6 +27,12 @@ def load_overlay(name: str) -> dict:
     if not path.is_file():
         raise ParamsError(f"preset {name!r} not found in {PRESETS_DIR} (have {available()})")
     return yaml.safe_load(path.read_text()) or {}
+
+
+def preset_params(name: str, params_path: Path) -> Params:
+    """The validated params of `params_path` with preset `name` merged in (nothing written)."""
+    base = yaml.safe_load(Path(params_path).read_text())
+    return parse_params(merge_params(base, load_overlay(name)), f"{params_path} + preset {name}")
 
 
 def _changes(old, new, at: str = "") -> list[str]:

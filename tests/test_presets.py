@@ -5,18 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from fer_tasks.compare import merge_params
-from fer_tasks.params import parse_params
+from fer_tasks.preset import preset_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "fer_tasks" / "presets").glob("*.yaml"))
 
 
 def _load(path: Path):
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return parse_params(merge_params(base, yaml.safe_load(path.read_text())), path)
+    return preset_params(path.stem, ROOT / "params.yaml")
 
 
 def test_both_presets_ship() -> None:
