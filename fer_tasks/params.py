@@ -104,6 +104,8 @@ class PhaseParams(_Section):
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
     lr_decay_rate: float = Field(0.9, gt=0.0, le=1.0)
+    # soft targets: 1 - s on the true class plus s / 7 on every class (0 = hard labels)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = True
     # geometric augmentation on top of flip/brightness/contrast (0 = off): random
     # shift as a fraction of the side, rotation in degrees, zoom as a fraction

@@ -40,3 +40,26 @@ def test_unfreeze_unknown_block_raises(model):
         unfreeze_model(model, "block9")
     with pytest.raises(ValueError, match="only"):
         unfreeze_model(model, 500)
+
+
+def test_label_smoothing_softens_the_targets(model):
+    import numpy as np
+
+    from fer_tasks.model import compile_model
+
+    x = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
+    y = keras.utils.to_categorical(np.arange(8) % 7, 7)
+    head = model.get_layer(HEAD_NAME)  # a skewed head, so that soft and hard targets differ
+    head.bias.assign(np.linspace(-2.0, 2.0, 7).astype("float32"))
+    probs = model.predict(x, verbose=0)
+    losses = {}
+    for s in (0.0, 0.2):
+        compile_model(model, 1e-3, label_smoothing=s)
+        losses[s] = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    # the same cross-entropy by hand, against (1 - s) * y + s / 7, plus the head's L2 term
+    l2 = float(sum(model.losses))
+    for s, got in losses.items():
+        target = (1 - s) * y + s / 7
+        want = float(-(target * np.log(np.clip(probs, 1e-7, 1))).sum(1).mean()) + l2
+        assert got == pytest.approx(want, rel=1e-4)
+    assert losses[0.2] < losses[0.0] - 0.02  # most faces are not of the favoured class
