@@ -67,8 +67,19 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
     d, m, r = work / "data", work / "models", work / "reports"
     pre = prepared or d / "prepared"
     times: dict[str, float] = {}
-    if not (pre / "train.npz").is_file():
-        _timed(times, "prepare", prepare, csv, pre, r / "prepare.json", p.prepare)
+    if prepared is None:  # rerun when the CSV or the split params change
+        _cached(
+            times,
+            work,
+            "prepare",
+            {"csv": str(csv), "prepare": p.prepare.model_dump()},
+            [pre / "train.npz", pre / "val.npz", pre / "test.npz"],
+            prepare,
+            csv,
+            pre,
+            r / "prepare.json",
+            p.prepare,
+        )
     rb = d / "rebalanced"
     keys = {
         "rebalance": {

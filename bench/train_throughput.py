@@ -81,8 +81,9 @@ def _plain(model, x, y, batch, epochs) -> float:
 def _pipeline(model, x, y, batch, epochs) -> float:
     from fer_tasks.data import train_dataset
 
-    ds, steps = train_dataset(x, y, batch_size=batch, first_epoch=0, last_epoch=epochs, seed=0,
-                              augment=False)
+    ds, steps = train_dataset(
+        x, y, batch_size=batch, first_epoch=0, last_epoch=epochs, seed=0, augment=False
+    )
     t = _EpochTimer()
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[t.cb], verbose=0)
     return len(x) / min(t.cb.times[1:])
@@ -119,8 +120,11 @@ def main() -> None:
             plain.append(_plain(_model(args.size), x, y, args.batch, args.epochs))
             piped.append(_pipeline(_model(args.size), x, y, args.batch, args.epochs))
         result = {
-            "images": len(x), "batch": args.batch, "input_size": args.size,
-            "plain_fit_img_s": round(max(plain), 1), "pipeline_img_s": round(max(piped), 1),
+            "images": len(x),
+            "batch": args.batch,
+            "input_size": args.size,
+            "plain_fit_img_s": round(max(plain), 1),
+            "pipeline_img_s": round(max(piped), 1),
             "ratio": round(max(piped) / max(plain), 3),
         }
         # peak memory of a real phase on the full training split at --mem-size
@@ -132,23 +136,32 @@ def main() -> None:
         resolve_backbone(work / "bb.keras", ModelParams(input_size=args.mem_size))
         build_base(work / "bb.keras", work / "base", BaseModelParams())
         write_json(work / "cw.json", {"weights": {str(i): 1.0 for i in range(7)}})
-        r = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(data), str(work),
-                            str(args.mem_steps)], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-c", _MEM_CHILD, str(data), str(work), str(args.mem_steps)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if r.returncode != 0:
             raise SystemExit(r.stderr[-3000:])
         child = json.loads(r.stdout.strip().splitlines()[-1])
-        result.update(mem_input_size=args.mem_size,
-                      mem_train_images=int(len(load_split(data / "train.npz")[1])),
-                      phase_peak_rss_mb=round(child["max_rss_mb"], 1),
-                      children_peak_rss_mb=round(
-                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1))
+        result.update(
+            mem_input_size=args.mem_size,
+            mem_train_images=int(len(load_split(data / "train.npz")[1])),
+            phase_peak_rss_mb=round(child["max_rss_mb"], 1),
+            children_peak_rss_mb=round(
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+            ),
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"pipeline / plain model.fit: {result['ratio']:.3f} "
-          f"({result['pipeline_img_s']} vs {result['plain_fit_img_s']} img/s); "
-          f"peak RSS of a phase at {args.mem_size}px on {result['mem_train_images']} images: "
-          f"{result['phase_peak_rss_mb']:.0f} MB")
+    print(
+        f"pipeline / plain model.fit: {result['ratio']:.3f} "
+        f"({result['pipeline_img_s']} vs {result['plain_fit_img_s']} img/s); "
+        f"peak RSS of a phase at {args.mem_size}px on {result['mem_train_images']} images: "
+        f"{result['phase_peak_rss_mb']:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

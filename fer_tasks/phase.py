@@ -219,7 +219,8 @@ def train_phase(
     else:
         model = keras.saving.load_model(parent_dir / "model.keras", compile=False, safe_mode=True)
         unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
-        compile_model(model, lr_fn(start), params.label_smoothing)  # recompile: trainability changes need it
+        # recompile: trainability changes need it
+        compile_model(model, lr_fn(start), params.label_smoothing)
         initial, own_history = start, []
 
     x_train, y_train = load_split(train_path)

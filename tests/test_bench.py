@@ -79,3 +79,38 @@ def test_real_pipeline_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         real_pipeline._cached({}, tmp_path, "s", {"k": 2}, [out], boom)
     assert not (tmp_path / ".stages" / "s.json").exists()  # the next run retries it
+
+
+def test_real_pipeline_reprepares_when_the_split_params_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import real_pipeline
+
+    import fer_tasks.prepare
+    import fer_tasks.rebalance
+    from fer_tasks.params import load_params
+
+    calls = []
+
+    def fake_prepare(csv, out_dir, report, params) -> None:
+        calls.append(params.test_fraction)
+        for split in ("train", "val", "test"):
+            (out_dir / f"{split}.npz").parent.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{split}.npz").write_bytes(b"")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args) -> None:
+        raise Stop
+
+    monkeypatch.setattr(fer_tasks.prepare, "prepare", fake_prepare)
+    monkeypatch.setattr(fer_tasks.rebalance, "rebalance", stop)  # end the run after prepare
+    base = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for fraction in (0.1, 0.1, 0.02):
+        p = base.model_copy(
+            update={"prepare": base.prepare.model_copy(update={"test_fraction": fraction})}
+        )
+        with pytest.raises(Stop):
+            real_pipeline.run_pipeline(p, tmp_path / "fer.csv", tmp_path / "work")
+    assert calls == [0.1, 0.02]  # the second run reused the first one's split
