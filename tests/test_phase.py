@@ -147,3 +147,14 @@ def test_sigkill_mid_epoch_then_resume(root, tmp_path):
     state = read_json(root / "phases" / "top" / "state.json")
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
     assert np.isfinite(state["val_loss"])
+
+
+def test_label_smoothing_reaches_the_saved_model(root, splits):
+    import keras
+
+    _run(root, splits, "top", "base", unfreeze="top", epochs=1, label_smoothing=0.2)
+    _run(root, splits, "plain", "base", unfreeze="top", epochs=1)
+    smoothed = keras.saving.load_model(root / "phases" / "top" / "model.keras")
+    plain = keras.saving.load_model(root / "phases" / "plain" / "model.keras")
+    assert smoothed.loss.get_config()["label_smoothing"] == pytest.approx(0.2)
+    assert plain.loss.get_config()["label_smoothing"] == 0.0
