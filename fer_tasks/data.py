@@ -66,6 +66,27 @@ def _augment(
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
+def _mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float):
+    """Mixup (Zhang et al., 2018): each face blended with the next one of its batch.
+
+    The weight of each pair is drawn from Beta(alpha, alpha) (as a ratio of two
+    Gamma draws) and the one-hot labels are blended with the same weight. The
+    draws are stateless, so a batch stays a function of its seed and a resumed
+    phase sees what a straight run would; keras.layers.MixUp draws from a
+    stateful generator, which would break that.
+    """
+    n = tf.shape(images)[0]
+    g1, g2 = (
+        tf.random.stateless_gamma([n], tf.stack([seed[0], seed[1] * 11 + k]), alpha) for k in (1, 2)
+    )
+    lam = tf.math.divide_no_nan(g1, g1 + g2)  # both draws can underflow for small alpha
+    mix_x = lam[:, None, None, None] * images + (1.0 - lam[:, None, None, None]) * tf.roll(
+        images, 1, axis=0
+    )
+    mix_y = lam[:, None] * labels + (1.0 - lam[:, None]) * tf.roll(labels, 1, axis=0)
+    return mix_x, mix_y
+
+
 def train_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -79,11 +100,13 @@ def train_dataset(
     shift: float = 0.0,
     rotate: float = 0.0,
     zoom: float = 0.0,
+    mixup: float = 0.0,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches for epochs first_epoch..last_epoch-1 (global numbering) and steps per epoch.
 
     `max_steps` caps the batches of every epoch (smoke runs); each epoch still
-    starts from its own seeded order.
+    starts from its own seeded order. `mixup` > 0 (with `augment`) blends pairs of
+    faces and their labels, Beta(mixup, mixup) weights.
     """
     n = len(images)
     steps = (
@@ -104,9 +127,12 @@ def train_dataset(
 
     def gather(idx: tf.Tensor, bseed: tf.Tensor):
         x = tf.cast(tf.gather(x_all, idx), tf.float32)
+        y = tf.one_hot(tf.gather(y_all, idx), NUM_CLASSES)
         if augment:
             x = _augment(x, bseed, shift, rotate, zoom)
-        return x, tf.one_hot(tf.gather(y_all, idx), NUM_CLASSES)
+            if mixup:
+                x, y = _mixup(x, y, bseed, mixup)
+        return x, y
 
     ds = (
         tf.data.Dataset.range(first_epoch, last_epoch)

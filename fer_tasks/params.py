@@ -112,6 +112,8 @@ class PhaseParams(_Section):
     shift: float = Field(0.0, ge=0.0, le=0.5)
     rotate: float = Field(0.0, ge=0.0, le=180.0)
     zoom: float = Field(0.0, ge=0.0, le=0.5)
+    # mixup's Beta(alpha, alpha) parameter (0 = off; 0.2-0.4 is the usual range)
+    mixup: float = Field(0.0, ge=0.0, le=10.0)
     seed: Seed = 0
     deterministic: bool = False
     max_class_share: float = Field(0.9, gt=0.0, le=1.0)

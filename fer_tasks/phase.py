@@ -243,6 +243,7 @@ def train_phase(
             shift=params.shift,
             rotate=params.rotate,
             zoom=params.zoom,
+            mixup=params.mixup,
         )
         ckpt = _Checkpoint(ckpt_dir, fingerprint, own_history, lr_fn)
         logger.model_history = own_history

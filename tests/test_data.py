@@ -72,3 +72,43 @@ def test_geometric_augmentation_changes_pixels_but_not_labels() -> None:
     ((xb, yb),) = list(train_dataset(imgs, labels, shift=0.1, rotate=10.0, **common)[0])
     np.testing.assert_array_equal(ya.numpy(), yb.numpy())
     assert np.abs(xa.numpy() - xb.numpy()).mean() > 5.0
+
+
+def test_mixup_blends_faces_and_labels_with_one_weight() -> None:
+    # constant faces (class c has grey level 30 * c), so a blend's weight can be read off
+    # the pixels; no other augmentation (the _mixup helper alone)
+    import tensorflow as tf
+
+    from fer_tasks.data import _mixup
+
+    labels = np.arange(64) % 7
+    x = np.broadcast_to((30.0 * labels)[:, None, None, None], (64, 48, 48, 1)).astype(np.float32)
+    y = np.eye(7, dtype=np.float32)[labels]
+    seed = np.array([2, 5], np.int64)
+    mx, my = (t.numpy() for t in _mixup(tf.constant(x), tf.constant(y), seed, 0.4))
+    mx2, _ = (t.numpy() for t in _mixup(tf.constant(x), tf.constant(y), seed, 0.4))
+    np.testing.assert_array_equal(mx, mx2)  # stateless: same seed, same batch
+    np.testing.assert_allclose(my.sum(1), 1.0, rtol=1e-6)
+    prev = np.roll(labels, 1)
+    for i in range(64):
+        if labels[i] == prev[i]:
+            continue
+        lam = my[i, labels[i]]
+        # the pixel blend uses the label weight: lam * own + (1 - lam) * previous face
+        assert mx[i, 0, 0, 0] == pytest.approx(30.0 * (lam * labels[i] + (1 - lam) * prev[i]))
+        assert my[i, prev[i]] == pytest.approx(1 - lam, abs=1e-6)
+    assert ((my > 0.05) & (my < 0.95)).any(axis=1).mean() > 0.3  # most labels really blend
+
+
+def test_mixup_is_off_without_augment_and_on_with_it() -> None:
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 255, (32, 48, 48), dtype=np.uint8)
+    labels = np.arange(32) % 7
+    common = dict(batch_size=32, first_epoch=0, last_epoch=1, seed=0, mixup=0.4)
+    ((_, y_off),) = list(train_dataset(imgs, labels, augment=False, **common)[0])
+    ((_, y_on),) = list(train_dataset(imgs, labels, augment=True, **common)[0])
+
+    def one_hot(y):  # rows are one-hot (the batch order is shuffled)
+        return set(np.unique(y)) <= {0.0, 1.0} and np.all(y.sum(1) == 1.0)
+
+    assert one_hot(y_off.numpy()) and not one_hot(y_on.numpy())

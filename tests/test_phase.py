@@ -158,3 +158,9 @@ def test_label_smoothing_reaches_the_saved_model(root, splits):
     plain = keras.saving.load_model(root / "phases" / "plain" / "model.keras")
     assert smoothed.loss.get_config()["label_smoothing"] == pytest.approx(0.2)
     assert plain.loss.get_config()["label_smoothing"] == 0.0
+
+
+def test_mixup_phase_trains_with_class_weights(root, splits):
+    # soft labels and Keras' class_weight together (it weights by the dominant class)
+    s = _run(root, splits, "top", "base", unfreeze="top", epochs=1, mixup=0.4)
+    assert s["epoch_end"] == 1 and np.isfinite(s["val_loss"])
