@@ -67,12 +67,14 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
     d, m, r = work / "data", work / "models", work / "reports"
     pre = prepared or d / "prepared"
     times: dict[str, float] = {}
+    # each stage's key holds its upstream stage's key, so a change reruns everything after it
+    keys = {"prepare": {"csv": str(csv), "prepared": str(pre), "prepare": p.prepare.model_dump()}}
     if prepared is None:  # rerun when the CSV or the split params change
         _cached(
             times,
             work,
             "prepare",
-            {"csv": str(csv), "prepare": p.prepare.model_dump()},
+            keys["prepare"],
             [pre / "train.npz", pre / "val.npz", pre / "test.npz"],
             prepare,
             csv,
@@ -81,13 +83,7 @@ def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Pat
             p.prepare,
         )
     rb = d / "rebalanced"
-    keys = {
-        "rebalance": {
-            "prepared": str(pre),
-            "prepare": p.prepare.model_dump(),
-            "rebalance": p.rebalance.model_dump(),
-        }
-    }
+    keys["rebalance"] = {"data": keys["prepare"], "rebalance": p.rebalance.model_dump()}
     _cached(
         times,
         work,

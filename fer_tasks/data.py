@@ -80,11 +80,11 @@ def _mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float):
         tf.random.stateless_gamma([n], tf.stack([seed[0], seed[1] * 11 + k]), alpha) for k in (1, 2)
     )
     lam = tf.math.divide_no_nan(g1, g1 + g2)  # both draws can underflow for small alpha
-    mix_x = lam[:, None, None, None] * images + (1.0 - lam[:, None, None, None]) * tf.roll(
-        images, 1, axis=0
-    )
-    mix_y = lam[:, None] * labels + (1.0 - lam[:, None]) * tf.roll(labels, 1, axis=0)
-    return mix_x, mix_y
+
+    def blend(t: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+        return w * t + (1.0 - w) * tf.roll(t, 1, axis=0)
+
+    return blend(images, lam[:, None, None, None]), blend(labels, lam[:, None])
 
 
 def train_dataset(

@@ -114,3 +114,41 @@ def test_real_pipeline_reprepares_when_the_split_params_change(
         with pytest.raises(Stop):
             real_pipeline.run_pipeline(p, tmp_path / "fer.csv", tmp_path / "work")
     assert calls == [0.1, 0.02]  # the second run reused the first one's split
+
+
+def test_real_pipeline_rebalances_again_when_the_csv_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import real_pipeline
+
+    import fer_tasks.backbone
+    import fer_tasks.prepare
+    import fer_tasks.rebalance
+    from fer_tasks.params import load_params
+
+    rebalanced = []
+
+    def fake_prepare(csv, out_dir, report, params) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "val", "test"):
+            (out_dir / f"{split}.npz").write_text(str(csv))
+
+    def fake_rebalance(train, out, weights, report, png, params) -> None:
+        rebalanced.append(train.read_text())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args) -> None:
+        raise Stop
+
+    monkeypatch.setattr(fer_tasks.prepare, "prepare", fake_prepare)
+    monkeypatch.setattr(fer_tasks.rebalance, "rebalance", fake_rebalance)
+    monkeypatch.setattr(fer_tasks.backbone, "resolve_backbone", stop)  # end after rebalance
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for csv in ("a.csv", "a.csv", "b.csv"):
+        with pytest.raises(Stop):
+            real_pipeline.run_pipeline(p, tmp_path / csv, tmp_path / "work")
+    assert rebalanced == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
