@@ -81,6 +81,21 @@ def test_real_pipeline_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
     assert not (tmp_path / ".stages" / "s.json").exists()  # the next run retries it
 
 
+class _Stop(Exception):
+    """Raised by a stubbed stage to end a real_pipeline run early."""
+
+
+def _stop(*args) -> None:
+    raise _Stop
+
+
+def _write_splits(out_dir: Path, text: str) -> None:
+    """What a stubbed `prepare` leaves: the three split files, holding `text`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        (out_dir / f"{split}.npz").write_text(text)
+
+
 def test_real_pipeline_reprepares_when_the_split_params_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,24 +109,16 @@ def test_real_pipeline_reprepares_when_the_split_params_change(
 
     def fake_prepare(csv, out_dir, report, params) -> None:
         calls.append(params.test_fraction)
-        for split in ("train", "val", "test"):
-            (out_dir / f"{split}.npz").parent.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{split}.npz").write_bytes(b"")
-
-    class Stop(Exception):
-        pass
-
-    def stop(*args) -> None:
-        raise Stop
+        _write_splits(out_dir, "")
 
     monkeypatch.setattr(fer_tasks.prepare, "prepare", fake_prepare)
-    monkeypatch.setattr(fer_tasks.rebalance, "rebalance", stop)  # end the run after prepare
+    monkeypatch.setattr(fer_tasks.rebalance, "rebalance", _stop)  # end the run after prepare
     base = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     for fraction in (0.1, 0.1, 0.02):
         p = base.model_copy(
             update={"prepare": base.prepare.model_copy(update={"test_fraction": fraction})}
         )
-        with pytest.raises(Stop):
+        with pytest.raises(_Stop):
             real_pipeline.run_pipeline(p, tmp_path / "fer.csv", tmp_path / "work")
     assert calls == [0.1, 0.02]  # the second run reused the first one's split
 
@@ -129,26 +136,18 @@ def test_real_pipeline_rebalances_again_when_the_csv_changes(
     rebalanced = []
 
     def fake_prepare(csv, out_dir, report, params) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for split in ("train", "val", "test"):
-            (out_dir / f"{split}.npz").write_text(str(csv))
+        _write_splits(out_dir, str(csv))
 
     def fake_rebalance(train, out, weights, report, png, params) -> None:
         rebalanced.append(train.read_text())
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"")
 
-    class Stop(Exception):
-        pass
-
-    def stop(*args) -> None:
-        raise Stop
-
     monkeypatch.setattr(fer_tasks.prepare, "prepare", fake_prepare)
     monkeypatch.setattr(fer_tasks.rebalance, "rebalance", fake_rebalance)
-    monkeypatch.setattr(fer_tasks.backbone, "resolve_backbone", stop)  # end after rebalance
+    monkeypatch.setattr(fer_tasks.backbone, "resolve_backbone", _stop)  # end after rebalance
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     for csv in ("a.csv", "a.csv", "b.csv"):
-        with pytest.raises(Stop):
+        with pytest.raises(_Stop):
             real_pipeline.run_pipeline(p, tmp_path / csv, tmp_path / "work")
     assert rebalanced == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
