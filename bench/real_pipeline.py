@@ -1,14 +1,22 @@
-"""The whole pipeline on real FER2013 with a preset, reporting PublicTest figures.
+"""A preset on real FER2013 through the project's own DVC pipeline, then extended.
 
-Runs the stage functions in order (prepare, rebalance, backbone, base, every
-phase, evaluate, export) in a work directory outside the project, with
-params.yaml overlaid by a preset from fer_tasks/presets/. `evaluate` and the
-TFLite export are scored on PublicTest (the val split) and on the test split
-carved from Training. Rerunning in the same --work skips every stage whose
-params (and upstream stages) are unchanged, as `dvc repro` would: adding a
-phase to a preset trains only the new phase.
+What a user does, in a work clone outside the project (`--work`):
 
-    .venv/bin/python bench/real_pipeline.py --preset fer2013-cpu [--csv PATH] [--work DIR]
+    git clone <project> WORK && cd WORK
+    cp fer2013.csv.gz data/raw/ && dvc add data/raw/fer2013.csv.gz
+    fer preset fer2013-cpu --source data/raw/fer2013.csv.gz && git commit -am preset
+    dvc repro evaluate export              # the headline run; its dvc.lock is committed
+    dvc exp run -n fer2013-cpu-plus2 -S finetune.phases.all.epochs=20   # --extend 2
+
+The clone is of the project's last commit (commit first). Stage commands run
+the clone's own `fer_tasks` (PYTHONPATH), so editing the project while a run
+goes on changes nothing in it. The figures come from the pipeline's files:
+`reports/evaluate/metrics.json` (the preset scores `evaluate.split: val`, that
+is PublicTest), `reports/export.json`, the final phase's `state.json`; stage
+times from the time-stamped "Running stage" lines of `dvc repro`. Rerunning
+with the same --work reruns nothing (DVC's cache) and only extends.
+
+    .venv/bin/python bench/real_pipeline.py --preset fer2013-cpu [--extend 2] [--figures docs/img]
 """
 
 from __future__ import annotations
@@ -16,161 +24,87 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "../shared/datasets/fer2013/fer2013.csv.gz"
+IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
 
 
-def _timed(times: dict, name: str, fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    times[name] = round(time.perf_counter() - t0, 1)
-    logging.info("%s: %.1f s", name, times[name])
-    return out
+def _git(work: Path, *args: str) -> str:
+    r = subprocess.run(["git", *IDENTITY, *args], cwd=work, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} in {work} failed: {r.stderr.strip()}")
+    return r.stdout.strip()
 
 
-def _cached(times: dict, work: Path, name: str, key: dict, outputs: list[Path], fn, *args):
-    """Run `fn` unless a marker says it already ran with the same `key` and its outputs exist.
+def work_env(work: Path) -> dict:
+    """The environment for DVC in `work`: this venv's `fer`, importing the clone's code."""
+    from fer_tasks.compare import _env
 
-    Stage functions rewrite their outputs with new bytes (save dates), which would
-    make every later phase start over; like DVC, skip what has not changed.
+    env = _env()
+    env["PYTHONPATH"] = str(work) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _dvc(work: Path, *args: str) -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=work,
+        env=work_env(work),
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"dvc {' '.join(args)} in {work} failed:\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
+    """Clone the project's HEAD into `work`, dvc-add the CSV, apply the preset, commit.
+
+    With no preset, params.yaml only gets the CSV as `prepare.source`.
     """
-    marker = work / ".stages" / f"{name}.json"
-    text = json.dumps(key, sort_keys=True, default=str)
-    if marker.is_file() and marker.read_text() == text and all(o.exists() for o in outputs):
-        logging.info("%s: unchanged, skipped", name)
-        times[name] = 0.0
-        return None
-    marker.unlink(missing_ok=True)
-    out = _timed(times, name, fn, *args)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(text)
-    return out
+    from fer_tasks.preset import apply_preset
+
+    if (work / ".git").is_dir():
+        logging.info("%s exists: reusing it (DVC reruns only what changed)", work)
+        return
+    if _git(ROOT, "status", "--porcelain", "--untracked-files=no"):
+        logging.warning("the project has uncommitted changes; the work clone has HEAD only")
+    if not csv.is_file():
+        raise SystemExit(f"{csv}: FER2013 CSV not found (--csv)")
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+    raw = work / "data" / "raw" / csv.name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(csv, raw)
+    _dvc(work, "add", "-q", str(raw.relative_to(work)))
+    source = str(raw.relative_to(work))
+    if preset is None:
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        params["prepare"]["source"] = source
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    else:
+        changes = apply_preset(preset, work / "params.yaml", source)
+        logging.info("preset %s: %s", preset, "; ".join(changes))
+    _git(work, "add", "-A")
+    _git(work, "commit", "-qm", f"preset {preset} on {csv.name}")
 
 
-def run_pipeline(p, csv: Path, work: Path, *, export: bool = True, prepared: Path | None = None):
-    """The stage functions in order under `work`; returns the results dict (seconds included).
-
-    `prepared`: an existing prepared directory to read instead of running `prepare`.
-    """
-    from fer_tasks.backbone import resolve_backbone
-    from fer_tasks.base import build_base
-    from fer_tasks.evaluate import evaluate
-    from fer_tasks.export import export_tflite
+def read_run(work: Path, final: str) -> dict:
     from fer_tasks.io import read_json
-    from fer_tasks.phase import train_phase
-    from fer_tasks.prepare import prepare
-    from fer_tasks.rebalance import rebalance
 
-    d, m, r = work / "data", work / "models", work / "reports"
-    pre = prepared or d / "prepared"
-    times: dict[str, float] = {}
-    # each stage's key holds its upstream stage's key, so a change reruns everything after it
-    keys = {"prepare": {"csv": str(csv), "prepared": str(pre), "prepare": p.prepare.model_dump()}}
-    if prepared is None:  # rerun when the CSV or the split params change
-        _cached(
-            times,
-            work,
-            "prepare",
-            keys["prepare"],
-            [pre / "train.npz", pre / "val.npz", pre / "test.npz"],
-            prepare,
-            csv,
-            pre,
-            r / "prepare.json",
-            p.prepare,
-        )
-    rb = d / "rebalanced"
-    keys["rebalance"] = {"data": keys["prepare"], "rebalance": p.rebalance.model_dump()}
-    _cached(
-        times,
-        work,
-        "rebalance",
-        keys["rebalance"],
-        [rb / "train.npz"],
-        rebalance,
-        pre / "train.npz",
-        rb / "train.npz",
-        rb / "class_weights.json",
-        r / "rebalance.json",
-        r / "rebalance.png",
-        p.rebalance,
-    )
-    keys["backbone"] = {"model": p.model.model_dump()}
-    _cached(
-        times,
-        work,
-        "backbone",
-        keys["backbone"],
-        [m / "backbone.keras"],
-        resolve_backbone,
-        m / "backbone.keras",
-        p.model,
-    )
-    keys["base"] = {"backbone": keys["backbone"], "base": p.base.model_dump()}
-    _cached(
-        times,
-        work,
-        "base",
-        keys["base"],
-        [m / "phases/base/model.keras"],
-        build_base,
-        m / "backbone.keras",
-        m / "phases/base",
-        p.base,
-    )
-    for name in p.finetune.order():
-        ph = p.finetune.phases[name]
-        keys[name] = {"parent": keys[ph.after], "data": keys["rebalance"], "phase": ph.model_dump()}
-        _cached(
-            times,
-            work,
-            f"phase@{name}",
-            keys[name],
-            [m / "phases" / name / "model.keras"],
-            train_phase,
-            name,
-            m / "phases" / ph.after,
-            rb / "train.npz",
-            rb / "class_weights.json",
-            pre / "val.npz",
-            m / "phases" / name,
-            m / "checkpoints" / name,
-            r / "phases" / name,
-            ph,
-        )
-    final = m / "phases" / p.finetune.final / "model.keras"
-    results = {"params": p.model_dump(), "seconds": times, "model": str(final)}
-    results["final_state"] = read_json(final.parent / "state.json")
-    splits = (("publictest", "val.npz", "PublicTest"), ("test_carved", "test.npz", "carved test"))
-    for split, npz, title in splits:
-        results[split] = _timed(
-            times,
-            f"evaluate {split}",
-            evaluate,
-            final,
-            pre / npz,
-            None,
-            r / f"evaluate_{split}",
-            p.evaluate,
-            title,
-        )
-    if export:
-        results["export_publictest"] = _timed(
-            times,
-            "export",
-            export_tflite,
-            final,
-            pre / "train.npz",
-            pre / "val.npz",
-            m / "export",
-            r / "export_publictest.json",
-            p.export,
-        )
-    results["total_seconds"] = round(sum(times.values()), 1)
-    return results
+    out = {"evaluate": read_json(work / "reports" / "evaluate" / "metrics.json")}
+    out["final_state"] = read_json(work / "models" / "phases" / final / "state.json")
+    if (work / "reports" / "export.json").is_file():
+        out["export"] = read_json(work / "reports" / "export.json")
+    return out
 
 
 def plot_history(history: list[dict], path: Path, title: str) -> None:
@@ -206,9 +140,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 
 
 def write_figures(work: Path, name: str, final: str, dest: Path) -> list[Path]:
-    """curves and the PublicTest confusion matrix of a finished run in `work`, into `dest`."""
-    import shutil
-
+    """Curves and the evaluate stage's confusion matrix of the run in `work`, into `dest`."""
     from fer_tasks.io import read_json
 
     state = work / "models" / "phases" / final / "state.json"
@@ -216,55 +148,79 @@ def write_figures(work: Path, name: str, final: str, dest: Path) -> list[Path]:
     curves = dest / f"{name}_curves.png"
     plot_history(read_json(state)["history"], curves, f"{name} on FER2013 (2 CPU cores)")
     confusion = dest / f"{name}_confusion.png"
-    shutil.copyfile(work / "reports" / "evaluate_publictest" / "confusion.png", confusion)
+    shutil.copyfile(work / "reports" / "evaluate" / "confusion.png", confusion)
     return [curves, confusion]
 
 
-def load_preset(name: str):
-    from fer_tasks.params import ParamsError
-    from fer_tasks.preset import preset_params
-
-    try:
-        return preset_params(name, ROOT / "params.yaml")
-    except ParamsError as err:
-        raise SystemExit(str(err)) from None
-
-
 def main() -> None:
+    from fer_tasks.compare import run_dvc
+    from fer_tasks.params import load_params
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="fer2013-cpu")
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    ap.add_argument("--work", type=Path, help="work dir (default: /tmp/fer_real_<preset>)")
+    ap.add_argument("--work", type=Path, help="work clone (default: /tmp/fer_real_<preset>)")
     ap.add_argument("--out", type=Path, help="JSON (default: bench/results/real_<preset>.json)")
+    ap.add_argument("--extend", type=int, default=2, help="then extend the final phase by N")
     ap.add_argument("--figures", type=Path, help="also write curves + confusion PNGs here")
-    ap.add_argument(
-        "--figures-only",
-        action="store_true",
-        help="only (re)draw the figures of a finished run in --work",
-    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    p = load_preset(args.preset)
-    work = args.work or Path(f"/tmp/fer_real_{args.preset}")
-    if args.figures_only:
-        for f in write_figures(
-            work, args.preset, p.finetune.final, args.figures or ROOT / "docs" / "img"
-        ):
-            print(f"written {f}")
-        return
-    results = {"preset": args.preset, **run_pipeline(p, args.csv, work)}
+    work = (args.work or Path(f"/tmp/fer_real_{args.preset}")).resolve()
+    make_work_clone(work, args.preset, args.csv.resolve())
+    p = load_params(work / "params.yaml")
+    final = p.finetune.final
+    logs = work / "bench_logs"
+    results: dict = {"preset": args.preset, "work": str(work)}
+
+    env = work_env(work)
+    full = run_dvc(work, ["repro", "evaluate", "export"], logs / "repro.log", "repro", env)
+    if full["rc"] != 0:
+        raise SystemExit(f"dvc repro failed (rc {full['rc']}); log: {logs / 'repro.log'}")
+    results["run"] = {**full, **read_run(work, final)}
+    _git(work, "add", "-A")
+    if _git(work, "status", "--porcelain"):
+        _git(work, "commit", "-qm", f"{args.preset}: dvc repro")
+    results["run"]["commit"] = _git(work, "rev-parse", "HEAD")
+    if args.figures:  # of the committed run, before any extension
+        results["figures"] = [str(f) for f in write_figures(work, args.preset, final, args.figures)]
+
+    if args.extend:
+        epochs = p.finetune.phases[final].epochs + args.extend
+        name = f"{args.preset}-plus{args.extend}"
+        key = f"finetune.phases.{final}.epochs"
+        ext = run_dvc(
+            work,
+            ["exp", "run", "-n", name, "-S", f"{key}={epochs}", "evaluate", "export"],
+            logs / "extend.log",
+            "extend",
+            work_env(work),
+        )
+        if ext["rc"] != 0:
+            raise SystemExit(f"dvc exp run failed (rc {ext['rc']}); log: {logs / 'extend.log'}")
+        results["extend"] = {"experiment": name, "epochs": epochs, **ext, **read_run(work, final)}
+        phase = f"phase@{final}"
+        results["extend_cost"] = results["extend"]["stages"].get(phase, 0.0) / full["stages"][phase]
+        results["exp_show"] = _dvc(work, "exp", "show", "--no-pager", "--md", "--only-changed")
+
     out = args.out or ROOT / "bench" / "results" / f"real_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    pt = results["publictest"]
+    ev = results["run"]["evaluate"]
     print(
-        f"preset {args.preset}: PublicTest accuracy {pt['accuracy']:.2%}, macro-F1 "
-        f"{pt['macro_f1']:.3f}, disgust recall {pt['per_class']['disgust']['recall']:.2%}; "
-        f"total {results['total_seconds']:.0f} s; details in {out} and {work / 'reports'}"
+        f"preset {args.preset} ({ev.get('split', 'test')} split, n={ev['n']}): accuracy "
+        f"{ev['accuracy']:.2%}, macro-F1 {ev['macro_f1']:.3f}; dvc repro {full['wall_s']:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in full['stages'].items())})"
     )
-    if args.figures:
-        for f in write_figures(work, args.preset, p.finetune.final, args.figures):
-            print(f"written {f}")
+    if args.extend:
+        e = results["extend"]
+        print(
+            f"extended {final} by {args.extend} epochs: "
+            f"{e['stages'].get(f'phase@{final}', 0):.0f} s"
+            f" = {results['extend_cost']:.3f}x the phase's full time; accuracy "
+            f"{e['evaluate']['accuracy']:.2%}, macro-F1 {e['evaluate']['macro_f1']:.3f}"
+        )
+        print(results["exp_show"])
+    print(f"details: {out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from fer_tasks.backbones import build_backbone
-from fer_tasks.io import atomic_path
+from fer_tasks.io import atomic_path, save_model
 from fer_tasks.params import ModelParams
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def resolve_backbone(out_path: Path, params: ModelParams) -> dict:
     """Build the backbone for `params` with its weights and save it to `out_path` (.keras)."""
     model = build_backbone(params)
     with atomic_path(out_path) as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     log.info("saved %s (%d parameters) to %s", model.name, model.count_params(), out_path)
     return {
         "backbone": params.backbone,

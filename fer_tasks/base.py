@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from fer_tasks.io import atomic_path, write_json
+from fer_tasks.io import atomic_path, save_model, write_json
 from fer_tasks.model import build_model
 from fer_tasks.params import BaseModelParams
 
@@ -25,7 +25,7 @@ def build_base(backbone_path: Path, out_dir: Path, params: BaseModelParams) -> d
     backbone = keras.saving.load_model(backbone_path, compile=False, safe_mode=True)
     model = build_model(backbone, params)
     with atomic_path(Path(out_dir) / "model.keras") as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     state = {
         "phase": "base",
         "epoch_end": 0,

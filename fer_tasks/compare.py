@@ -278,15 +278,27 @@ def run_experiment(
             [sys.executable, "-m", "dvc", "exp", "remove", ref], cwd=root, env=_env(), check=True
         )
     cmd = exp_run_command(name, overrides, target)
+    run = run_dvc(root, cmd[1:], log_path, tag=name)
+    return {"baseline": baseline, **run}
+
+
+def run_dvc(
+    root: Path, args: list[str], log_path: Path, tag: str = "dvc", env: dict | None = None
+) -> dict:
+    """Run `dvc ARGS` in `root`, echo and log its output; return rc, wall and stage timings.
+
+    Stage timings come from the time-stamped "Running stage" lines.
+    """
+    cmd = [sys.executable, "-m", "dvc", *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines: list[tuple[float, str]] = []
     t0 = time.monotonic()
     with open(log_path, "w") as fh:
-        fh.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        fh.write("$ dvc " + " ".join(shlex.quote(c) for c in args) + "\n")
         proc = subprocess.Popen(
-            [sys.executable, "-m", *cmd],
+            cmd,
             cwd=root,
-            env=_env(),
+            env=env or _env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -296,13 +308,13 @@ def run_experiment(
         for line in proc.stdout:
             lines.append((time.monotonic() - t0, line))
             fh.write(line)
-            print(f"[{name}] {line}", end="", flush=True)
+            fh.flush()
+            print(f"[{tag}] {line}", end="", flush=True)
         rc = proc.wait()
     wall = time.monotonic() - t0
     stages = stage_seconds(lines, wall)
     return {
         "rc": rc,
-        "baseline": baseline,
         "wall_s": wall,
         "train_s": sum(s for k, s in stages.items() if k.startswith("phase@")),
         "stages": stages,

@@ -76,14 +76,16 @@ def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
-def _svm_test(svm_metrics_path: Path | None) -> dict | None:
+def _svm_test(svm_metrics_path: Path | None, split: str = "test") -> dict | None:
+    """The SVM's metrics on `split` (the split the fine-tuned model was scored on)."""
     if svm_metrics_path is None:
         return None
     data = read_json(svm_metrics_path)
-    test = data.get("test") if isinstance(data, dict) else None
+    test = data.get(split) if isinstance(data, dict) else None
     if not isinstance(test, dict) or not {"accuracy", "macro_f1", "per_class"} <= test.keys():
         raise ValueError(
-            f"{svm_metrics_path}: expected a 'test' section with accuracy, macro_f1 and per_class"
+            f"{svm_metrics_path}: expected a {split!r} section with accuracy, macro_f1 and "
+            "per_class"
         )
     return test
 
@@ -106,7 +108,7 @@ def comparison_markdown(model: dict, svm: dict | None, model_name: str, svm_name
         svm_rec = svm["per_class"].get(name, {}).get("recall") if svm else None
         rows.append((f"recall {name}", model["per_class"][name]["recall"], svm_rec))
     lines = [
-        "# Test split: fine-tuned model vs SVM baseline",
+        f"# {model.get('split', 'test').capitalize()} split: fine-tuned model vs SVM baseline",
         "",
         f"- fine-tuned model: {model_name} (n = {model['n']})",
         f"- SVM baseline: {svm_name}" + (f" (n = {svm['n']})" if svm and "n" in svm else ""),
@@ -121,8 +123,8 @@ def comparison_markdown(model: dict, svm: dict | None, model_name: str, svm_name
     elif "n" in svm and svm["n"] != model["n"]:
         lines += [
             "",
-            f"**Warning:** the SVM was scored on {svm['n']} test images, "
-            f"the fine-tuned model on {model['n']}: not the same test split.",
+            f"**Warning:** the SVM was scored on {svm['n']} images, "
+            f"the fine-tuned model on {model['n']}: not the same split.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -133,9 +135,9 @@ def evaluate(
     svm_metrics_path: Path | None,
     out_dir: Path,
     params: EvaluateParams,
-    split_name: str = "test split",
+    split_name: str | None = None,
 ) -> dict:
-    """Score the model on a split (named `split_name` in the figure's title).
+    """Score the model on the split `params.split` names (`split_name` in the figure's title).
 
     Writes metrics.json, confusion.{csv,png}, and comparison.md when SVM metrics
     are given (the pipeline's `summary` stage writes it instead, so that an SVM
@@ -144,26 +146,26 @@ def evaluate(
     Returns the metrics written to metrics.json.
     """
     model_path, test_path, out_dir = Path(model_path), Path(test_path), Path(out_dir)
-    svm = _svm_test(Path(svm_metrics_path) if svm_metrics_path is not None else None)
+    svm = _svm_test(Path(svm_metrics_path) if svm_metrics_path is not None else None, params.split)
     images, labels = load_split(test_path)  # checks uint8 (N, 48, 48) and labels
     if len(images) == 0:
         raise ValueError(f"{test_path}: the test split is empty")
 
     probs = predict_probs(model_path, images, params.batch_size)
-    metrics = score(labels, probs)
+    metrics = {"split": params.split, **score(labels, probs)}
     y_pred = probs.argmax(axis=1)
 
     write_json(out_dir / "metrics.json", metrics)
     write_confusion_csv(out_dir / "confusion.csv", labels, y_pred)
-    write_confusion_png(
-        out_dir / "confusion.png", labels, y_pred, f"fine-tuned model, {split_name}"
-    )
+    title = f"fine-tuned model, {split_name or params.split + ' split'}"
+    write_confusion_png(out_dir / "confusion.png", labels, y_pred, title)
     if svm_metrics_path is not None:
         md = comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
         with atomic_path(out_dir / "comparison.md") as tmp:
             tmp.write_text(md)
     log.info(
-        "test: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d)%s",
+        "%s: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d)%s",
+        params.split,
         metrics["accuracy"],
         metrics["top2_accuracy"],
         metrics["macro_f1"],
@@ -187,7 +189,10 @@ def summarize(
     ):
         raise ValueError(f"{metrics_path}: not an evaluate metrics.json")
     md = comparison_markdown(
-        metrics, _svm_test(svm_metrics_path), model_name or str(metrics_path), str(svm_metrics_path)
+        metrics,
+        _svm_test(svm_metrics_path, metrics.get("split", "test")),
+        model_name or str(metrics_path),
+        str(svm_metrics_path),
     )
     with atomic_path(Path(out_path)) as tmp:
         tmp.write_text(md)

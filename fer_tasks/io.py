@@ -35,6 +35,32 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def save_model(model, path: str | Path) -> None:
+    """`model.save(path)` with no volatile metadata: the same model gives the same bytes.
+
+    Keras writes the save time into the archive's metadata.json and a timestamp on
+    every zip entry, so an unchanged model got a new hash on every save and made DVC
+    rerun everything downstream. Both are fixed here; the rest of the archive
+    (config and HDF5 weights) is already a function of the model alone.
+    """
+    path = Path(path)
+    raw = path.with_name(f".raw.{path.name}")
+    model.save(raw)
+    try:
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(path, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename == "metadata.json":
+                    meta = json.loads(data)
+                    meta.pop("date_saved", None)
+                    data = json.dumps(meta, sort_keys=True).encode()
+                fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+                dst.writestr(fixed, data)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, obj: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

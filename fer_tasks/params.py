@@ -102,8 +102,13 @@ class PhaseParams(_Section):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=8192)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    # every schedule is a function of the epoch alone, never of `epochs`, so raising
+    # `epochs` resumes from the checkpoint: exponential multiplies by lr_decay_rate each
+    # epoch; cosine falls from learning_rate to lr_min over lr_horizon epochs, then holds lr_min
     lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
     lr_decay_rate: float = Field(0.9, gt=0.0, le=1.0)
+    lr_horizon: int | None = Field(None, ge=1, le=10_000)
+    lr_min: float = Field(0.0, ge=0.0, le=1.0)
     # soft targets: 1 - s on the true class plus s / 7 on every class (0 = hard labels)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = True
@@ -125,6 +130,13 @@ class PhaseParams(_Section):
     def _check_unfreeze(self) -> PhaseParams:
         if isinstance(self.unfreeze, int) and self.unfreeze < 1:
             raise ValueError(f"unfreeze must be >= 1 or a block name, got {self.unfreeze}")
+        if self.lr_schedule == "cosine" and self.lr_horizon is None:
+            raise ValueError(
+                "lr_schedule cosine needs lr_horizon: the epochs over which the rate falls "
+                "to lr_min (then held), independent of `epochs` so that raising it resumes"
+            )
+        if self.lr_min > self.learning_rate:
+            raise ValueError(f"lr_min {self.lr_min} is above learning_rate {self.learning_rate}")
         return self
 
 
@@ -177,6 +189,9 @@ class FinetuneParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1, le=8192)
+    # the split that evaluate and export score: `test` (the default), or `val` where
+    # val is a standard held-out split (FER2013's PublicTest) that presets report
+    split: Literal["test", "val"] = "test"
 
 
 class ExportParams(_Section):

@@ -11,8 +11,10 @@ persistent directory, which gives two things:
   checkpoint of the previous run and ends where a straight run would
   (data order and dropout masks are seeded per epoch).
 
-The checkpoint is reused only when its fingerprint (parent model, training
-data, class weights and every phase param except `epochs`) matches.
+The checkpoint directory is a DVC-cached output, so `dvc push`/`dvc pull`
+carry it and a fresh clone can extend a pulled phase. It is reused only when
+its fingerprint (parent model, training data, class weights and every phase
+param except `epochs`) matches; an unreadable one is reported and ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import tensorflow as tf
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
 from fer_tasks.data import eval_dataset, train_dataset
-from fer_tasks.io import atomic_path, load_split, read_json, write_json
+from fer_tasks.io import atomic_path, load_split, read_json, save_model, write_json
 from fer_tasks.model import compile_model, unfreeze_model
 from fer_tasks.params import PhaseParams
 
@@ -55,8 +57,6 @@ def _sha256(path: Path) -> str:
 
 def _fingerprint(params: PhaseParams, inputs: list[Path]) -> str:
     fields = params.model_dump(exclude=_NOT_FINGERPRINTED)
-    if params.lr_schedule == "cosine":  # the cosine curve depends on the phase length
-        fields["epochs"] = params.epochs
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for p in inputs:
         h.update(_sha256(p).encode())
@@ -64,14 +64,20 @@ def _fingerprint(params: PhaseParams, inputs: list[Path]) -> str:
 
 
 def _learning_rate(params: PhaseParams, start: int):
-    """Per-epoch learning rate as a function of the global epoch index."""
+    """Per-epoch learning rate as a function of the global epoch index alone.
+
+    Never of `epochs`: a run extended from a checkpoint then sees the same rates
+    as a straight run of the new length (cosine holds lr_min past its horizon).
+    """
 
     def lr(epoch: int, _current: float | None = None) -> float:
         t = epoch - start
         if params.lr_schedule == "exponential":
             return params.learning_rate * params.lr_decay_rate**t
         if params.lr_schedule == "cosine":
-            return params.learning_rate * 0.5 * (1 + math.cos(math.pi * t / params.epochs))
+            frac = min(t, params.lr_horizon) / params.lr_horizon
+            top, floor = params.learning_rate, params.lr_min
+            return floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * frac))
         return params.learning_rate
 
     return lr
@@ -112,7 +118,7 @@ class _Checkpoint(keras.callbacks.Callback):
         self.history.append(row)
         with atomic_path(self.ckpt_dir / "last") as tmp:
             tmp.mkdir()
-            self.model.save(tmp / "model.keras")
+            save_model(self.model, tmp / "model.keras")
             (tmp / "ckpt.json").write_text(
                 json.dumps(
                     {"fingerprint": self.fingerprint, "epoch": epoch + 1, "history": self.history},
@@ -143,24 +149,30 @@ class _LiveLogger(keras.callbacks.Callback):
 
 def _load_checkpoint(ckpt_dir: Path, fingerprint: str, target_epoch: int):
     """(model, epoch, history) from a matching checkpoint, or None."""
-    meta_path = ckpt_dir / "last" / "ckpt.json"
-    if not meta_path.is_file():
+    meta_path, model_path = ckpt_dir / "last" / "ckpt.json", ckpt_dir / "last" / "model.keras"
+    if not meta_path.is_file() and not model_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        epoch, history = int(meta["epoch"]), list(meta["history"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("checkpoint %s is unreadable (%s); starting the phase over", meta_path, err)
+        return None
     if meta.get("fingerprint") != fingerprint:
         log.info(
             "checkpoint in %s is from other inputs or params; starting the phase over", ckpt_dir
         )
         return None
-    if meta["epoch"] > target_epoch:
-        log.info(
-            "checkpoint is at epoch %d, past the target %d; starting over",
-            meta["epoch"],
-            target_epoch,
-        )
+    if epoch > target_epoch:
+        log.info("checkpoint at epoch %d, past the target %d; starting over", epoch, target_epoch)
         return None
-    model = keras.saving.load_model(ckpt_dir / "last" / "model.keras", safe_mode=True)
-    return model, int(meta["epoch"]), meta["history"]
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a damaged file
+        # a truncated or corrupt file: retraining is the only way on, and it is safe
+        log.warning("checkpoint %s is unreadable (%s); starting the phase over", model_path, err)
+        return None
+    return model, epoch, history
 
 
 def _class_weights(path: Path) -> dict[int, float]:
@@ -295,7 +307,7 @@ def train_phase(
         log.warning(guard["message"])
 
     with atomic_path(out_dir / "model.keras") as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     history = parent_state["history"] + [dict(r, phase=name) for r in own_history]
     write_json(out_dir / "state.json", {**summary, "history": history})
     _write_history_csv(live_dir / "history.csv", history)
