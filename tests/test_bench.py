@@ -44,110 +44,32 @@ def test_extract_peer_takes_only_the_model_file(tmp_path: Path) -> None:
     ]
 
 
-def test_real_pipeline_skips_only_unchanged_stages(tmp_path: Path) -> None:
-    import real_pipeline
-
-    out = tmp_path / "out.txt"
-    calls = []
-
-    def stage(text: str) -> str:
-        calls.append(text)
-        out.write_text(text)
-        return text
-
-    times: dict[str, float] = {}
-    run = real_pipeline._cached
-    assert run(times, tmp_path, "s", {"lr": 1}, [out], stage, "a") == "a"
-    assert run(times, tmp_path, "s", {"lr": 1}, [out], stage, "b") is None  # unchanged: skipped
-    assert times["s"] == 0.0 and calls == ["a"]
-    run(times, tmp_path, "s", {"lr": 2}, [out], stage, "c")  # params changed
-    out.unlink()
-    run(times, tmp_path, "s", {"lr": 2}, [out], stage, "d")  # output gone
-    assert calls == ["a", "c", "d"]
-
-
-def test_real_pipeline_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
-    import real_pipeline
-
-    out = tmp_path / "out.txt"
-    out.write_text("old")
-
-    def boom() -> None:
-        raise RuntimeError("stage failed")
-
-    real_pipeline._cached({}, tmp_path, "s", {"k": 1}, [out], lambda: None)
-    with pytest.raises(RuntimeError):
-        real_pipeline._cached({}, tmp_path, "s", {"k": 2}, [out], boom)
-    assert not (tmp_path / ".stages" / "s.json").exists()  # the next run retries it
-
-
-class _Stop(Exception):
-    """Raised by a stubbed stage to end a real_pipeline run early."""
-
-
-def _stop(*args) -> None:
-    raise _Stop
-
-
-def _write_splits(out_dir: Path, text: str) -> None:
-    """What a stubbed `prepare` leaves: the three split files, holding `text`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
-        (out_dir / f"{split}.npz").write_text(text)
-
-
-def test_real_pipeline_reprepares_when_the_split_params_change(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_real_pipeline_work_clone_is_the_project_with_the_preset_and_the_csv(
+    tmp_path: Path,
 ) -> None:
+    """The headline run's starting point: a committed DVC project a user could rerun."""
+    import subprocess
+
     import real_pipeline
+    import yaml
 
-    import fer_tasks.prepare
-    import fer_tasks.rebalance
-    from fer_tasks.params import load_params
+    from fer_tasks.params import SynthesizeParams, load_params
+    from fer_tasks.synthesize import synthesize
 
-    calls = []
+    csv = tmp_path / "faces.csv"
+    synthesize(csv, SynthesizeParams(n_samples=70))
+    work = tmp_path / "work"
+    real_pipeline.make_work_clone(work, "fer2013-cpu", csv)
 
-    def fake_prepare(csv, out_dir, report, params) -> None:
-        calls.append(params.test_fraction)
-        _write_splits(out_dir, "")
-
-    monkeypatch.setattr(fer_tasks.prepare, "prepare", fake_prepare)
-    monkeypatch.setattr(fer_tasks.rebalance, "rebalance", _stop)  # end the run after prepare
-    base = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    for fraction in (0.1, 0.1, 0.02):
-        p = base.model_copy(
-            update={"prepare": base.prepare.model_copy(update={"test_fraction": fraction})}
-        )
-        with pytest.raises(_Stop):
-            real_pipeline.run_pipeline(p, tmp_path / "fer.csv", tmp_path / "work")
-    assert calls == [0.1, 0.02]  # the second run reused the first one's split
-
-
-def test_real_pipeline_rebalances_again_when_the_csv_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import real_pipeline
-
-    import fer_tasks.backbone
-    import fer_tasks.prepare
-    import fer_tasks.rebalance
-    from fer_tasks.params import load_params
-
-    rebalanced = []
-
-    def fake_prepare(csv, out_dir, report, params) -> None:
-        _write_splits(out_dir, str(csv))
-
-    def fake_rebalance(train, out, weights, report, png, params) -> None:
-        rebalanced.append(train.read_text())
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(b"")
-
-    monkeypatch.setattr(fer_tasks.prepare, "prepare", fake_prepare)
-    monkeypatch.setattr(fer_tasks.rebalance, "rebalance", fake_rebalance)
-    monkeypatch.setattr(fer_tasks.backbone, "resolve_backbone", _stop)  # end after rebalance
-    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    for csv in ("a.csv", "a.csv", "b.csv"):
-        with pytest.raises(_Stop):
-            real_pipeline.run_pipeline(p, tmp_path / csv, tmp_path / "work")
-    assert rebalanced == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    p = load_params(work / "params.yaml")  # valid, with the preset applied
+    assert p.prepare.source == "data/raw/faces.csv"
+    assert p.model.input_size == 96 and p.evaluate.split == "val"
+    assert p.finetune.phases["all"].lr_horizon == 18
+    dvcfile = yaml.safe_load((work / "data/raw/faces.csv.dvc").read_text())
+    assert dvcfile["outs"][0]["path"] == "faces.csv"  # DVC tracks the data, git the .dvc file
+    git = ["git", "-C", str(work)]
+    assert subprocess.run([*git, "status", "--porcelain"], capture_output=True).stdout == b""
+    tracked = subprocess.run([*git, "ls-files"], capture_output=True, text=True).stdout.split()
+    assert "data/raw/faces.csv.dvc" in tracked and "data/raw/faces.csv" not in tracked
+    # the stage commands import the clone's own code, not the project's
+    assert real_pipeline.work_env(work)["PYTHONPATH"].split(":")[0] == str(work)

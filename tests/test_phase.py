@@ -58,8 +58,46 @@ def test_two_phases_chain_and_epochs_continue(root, splits):
     assert csv[0].startswith("epoch,phase,loss") and len(csv) == 5
 
 
+# the fer2013-cpu preset's last phase in small: cosine (over its own horizon),
+# label smoothing, geometric augmentation, trainable BatchNorm
+PRESET_LIKE = {
+    "lr_schedule": "cosine",
+    "lr_horizon": 4,
+    "lr_min": 1e-5,
+    "label_smoothing": 0.1,
+    "shift": 0.1,
+    "rotate": 10,
+    "zoom": 0.1,
+    "unfreeze_bn": True,
+}
+
+
+def test_learning_rate_never_depends_on_epochs():
+    from fer_tasks.phase import _learning_rate
+
+    for kw in ({}, {"lr_schedule": "exponential", "lr_decay_rate": 0.5}, PRESET_LIKE):
+        short, long = (PhaseParams(after="base", epochs=n, **kw) for n in (3, 9))
+        assert [_learning_rate(short, 2)(e) for e in range(2, 5)] == [
+            _learning_rate(long, 2)(e) for e in range(2, 5)
+        ]
+    cos = _learning_rate(PhaseParams(after="base", epochs=9, **PRESET_LIKE), 0)
+    assert cos(0) == pytest.approx(1e-3)
+    assert cos(2) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # half way down the horizon
+    assert cos(4) == cos(7) == pytest.approx(1e-5)  # then it holds lr_min
+
+
+def test_cosine_needs_its_own_horizon():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="lr_schedule cosine needs lr_horizon"):
+        PhaseParams(after="base", epochs=4, lr_schedule="cosine")
+    with pytest.raises(ValidationError, match="lr_min"):
+        PhaseParams(after="base", epochs=4, learning_rate=1e-4, lr_min=1e-3)
+
+
+@pytest.mark.parametrize("schedule", [{}, PRESET_LIKE], ids=["constant", "preset-cosine"])
 def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(
-    tmp_path, tiny_backbone, splits, caplog
+    tmp_path, tiny_backbone, splits, caplog, schedule
 ):
     import logging
 
@@ -70,9 +108,9 @@ def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(
         build_base(tiny_backbone, root / "phases" / "base", BaseModelParams())
         _run(root, splits, "top", "base", unfreeze="top", epochs=1)
         if variant == "extended":
-            _run(root, splits, "b2", "top", unfreeze="block2", epochs=2)
+            _run(root, splits, "b2", "top", unfreeze="block2", epochs=2, **schedule)
             caplog.clear()
-        results[variant] = _run(root, splits, "b2", "top", unfreeze="block2", epochs=4)
+        results[variant] = _run(root, splits, "b2", "top", unfreeze="block2", epochs=4, **schedule)
     assert "resuming from checkpoint at epoch 3 (target 5)" in caplog.text
     assert "epochs 4-5 of 5" in caplog.text
     assert abs(results["straight"]["val_loss"] - results["extended"]["val_loss"]) < 1e-4
@@ -106,6 +144,54 @@ def test_collapse_guard_fails_with_class_name(root, splits):
     summary = json.loads((root / "live" / "top" / "metrics.json").read_text())
     assert summary["max_class_share"] > 0.3
     assert not (root / "phases" / "top" / "model.keras").exists()
+
+
+def test_healthy_phase_passes_the_collapse_guard_set_to_fail(root, splits):
+    # the guard's other direction: a phase that learns is not stopped
+    s = _run(root, splits, "top", "base", unfreeze="top", epochs=2, on_collapse="fail")
+    assert not s["collapsed"] and s["max_class_share"] <= 0.9
+    assert (root / "phases" / "top" / "model.keras").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncated model", "garbled ckpt.json"])
+def test_damaged_checkpoint_warns_and_starts_over(root, splits, caplog, damage):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fer_tasks.phase")
+    _run(root, splits, "top", "base", unfreeze="top", epochs=1)
+    last = root / "ckpt" / "top" / "last"
+    if damage == "truncated model":
+        bad = last / "model.keras"
+        bad.write_bytes(bad.read_bytes()[:1000])
+    else:
+        bad = last / "ckpt.json"
+        bad.write_text('{"fingerprint": "x", "epo')
+    caplog.clear()
+    s = _run(root, splits, "top", "base", unfreeze="top", epochs=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(bad) in w and "starting the phase over" in w for w in warnings), warnings
+    assert "epochs 1-2 of 2" in caplog.text  # trained from the parent, not from the checkpoint
+    assert s["epoch_end"] == 2 and np.isfinite(s["val_loss"])
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(root, splits):
+    import hashlib
+
+    import keras
+
+    from fer_tasks.io import save_model
+
+    _run(root, splits, "top", "base", unfreeze="top", epochs=1)
+    model = keras.saving.load_model(root / "phases" / "top" / "model.keras")
+    digests = set()
+    for name in ("a.keras", "b.keras"):
+        save_model(model, root / name)
+        digests.add(hashlib.sha256((root / name).read_bytes()).hexdigest())
+        time.sleep(1.1)  # zip timestamps have 2 s resolution, Keras' date_saved 1 s
+    assert len(digests) == 1
+    # and the phase's own output is that same file: a rerun does not ripple downstream
+    out = hashlib.sha256((root / "phases" / "top" / "model.keras").read_bytes()).hexdigest()
+    assert digests == {out}
 
 
 _KILL_SCRIPT = """

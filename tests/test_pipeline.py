@@ -13,6 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+IDENTITY = ("-c", "user.name=t", "-c", "user.email=t@example.invalid")
 TINY = {
     "synthesize": {"n_samples": 420},
     "svm": {"max_iter": 500, "pca_components": 64},  # 290 training faces
@@ -26,6 +27,7 @@ TINY = {
                 "epochs": 1,
                 "batch_size": 32,
                 "steps_per_epoch": 2,
+                "deterministic": True,
                 "on_collapse": "warn",
             },
             "block7": {
@@ -35,6 +37,7 @@ TINY = {
                 "batch_size": 32,
                 "steps_per_epoch": 2,
                 "learning_rate": 0.0005,
+                "deterministic": True,
                 "on_collapse": "warn",
             },
         },
@@ -100,8 +103,7 @@ def tiny_project(path: Path, overrides: dict) -> Repo:
     repo.dvc("config", "core.analytics", "false")
     # dvclive and DVC experiments need a repository with at least one commit
     repo.run("git", "add", "-A")
-    identity = ("-c", "user.name=t", "-c", "user.email=t@example.invalid")
-    repo.run("git", *identity, "commit", "-qm", "tiny project")
+    repo.run("git", *IDENTITY, "commit", "-qm", "tiny project")
     return repo
 
 
@@ -142,13 +144,125 @@ def test_rebalance_edit_reruns_only_dependents(repo):
         repo.dvc("repro")  # back to the committed state (restored from DVC's run cache)
 
 
-def test_svm_c_edit_reruns_svm_alone(repo):
+def test_svm_c_edit_reruns_svm_and_summary_alone(repo):
     original = repo.params()
     repo.set_params(_merge(original, {"svm": {"C": 0.5}}))
     try:
-        assert repo.changed() == {"svm"}
+        # what dvc repro ran, not `dvc status` (which never lists downstream stages)
+        assert repo.ran(repo.dvc("repro")) - {"validate"} == {"svm", "summary"}
     finally:
         repo.set_params(original)
+        repo.dvc("repro")
+
+
+def _append_comment(path: Path):
+    text = path.read_text()
+    path.write_text(text + "\n# an edit\n")
+    return text
+
+
+@pytest.mark.parametrize(
+    ("module", "phases_stale"), [("model.py", True), ("predict.py", False), ("data.py", True)]
+)
+def test_code_edit_marks_exactly_the_stages_that_import_it(repo, module, phases_stale):
+    path = repo.path / "fer_tasks" / module
+    text = _append_comment(path)
+    try:
+        changed = repo.changed()
+        phases = {s for s in changed if s.startswith("phase@")}
+        assert phases == ({"phase@top", "phase@block7"} if phases_stale else set()), changed
+        if module == "predict.py":
+            assert changed == {"export"}
+    finally:
+        path.write_text(text)
+
+
+def _state(repo: Repo, phase: str) -> dict:
+    return json.loads((repo.path / "models" / "phases" / phase / "state.json").read_text())
+
+
+def test_pushed_run_travels_to_a_fresh_clone_and_extends_there(repo, tmp_path):
+    remote = tmp_path / "remote"
+    repo.dvc("remote", "add", "-f", "-d", "shared", str(remote))
+    repo.run("git", "add", "-A")
+    repo.run("git", *IDENTITY, "commit", "-qm", "a finished run")
+    repo.dvc("push")
+
+    clone = Repo(tmp_path / "clone")
+    repo.run("git", "clone", "-q", str(repo.path), str(clone.path))
+    clone.dvc("pull")
+    assert json.loads(clone.dvc("status", "--json").stdout) == {}
+    nothing = clone.dvc("repro")
+    assert clone.ran(nothing) == set(), nothing.stdout
+
+    # one more epoch for the last phase: it resumes from the pulled checkpoint
+    params = clone.params()
+    params["finetune"]["phases"]["block7"]["epochs"] = 2
+    clone.set_params(params)
+    r = clone.dvc("repro")
+    log = r.stdout + r.stderr
+    assert clone.ran(r) - {"validate"} == {"phase@block7", "evaluate", "summary", "export"}
+    assert "phase block7: resuming from checkpoint at epoch 2 (target 3)" in log
+    assert "phase block7: epochs 3-3 of 3" in log  # exactly one epoch trained
+    extended = _state(clone, "block7")
+
+    # a straight two-epoch run of the same phase, from scratch, in the first project
+    original = repo.params()
+    straight_params = json.loads(json.dumps(original))
+    straight_params["finetune"]["phases"]["block7"]["epochs"] = 2
+    repo.set_params(straight_params)
+    shutil.rmtree(repo.path / "models" / "checkpoints" / "block7")
+    try:
+        r = repo.dvc("repro", "phase@block7")
+        assert "phase block7: epochs 2-3 of 3" in r.stdout + r.stderr
+        straight = _state(repo, "block7")
+    finally:
+        repo.set_params(original)
+        repo.dvc("repro")
+    assert [h["epoch"] for h in extended["history"]] == [1, 2, 3]
+    assert abs(extended["val_loss"] - straight["val_loss"]) < 1e-4
+    assert abs(extended["val_accuracy"] - straight["val_accuracy"]) < 1e-4
+
+
+def test_sigkill_of_fer_phase_under_dvc_repro_then_resume(tmp_path):
+    import signal
+    import time
+
+    cfg = json.loads(json.dumps(TINY))
+    top = cfg["finetune"]["phases"]["top"]
+    top.update({"unfreeze": "block5", "epochs": 5})
+    del top["steps_per_epoch"]  # whole epochs: a window to kill in
+    proj = tiny_project(tmp_path / "kill", cfg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "phase@top"],
+        cwd=proj.path,
+        env=proj.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # dvc and the `fer phase` it runs: one process group
+    )
+    meta = proj.path / "models" / "checkpoints" / "top" / "last" / "ckpt.json"
+    deadline = time.monotonic() + 900
+    while not meta.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the next epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(meta.read_text())["epoch"]
+    assert 1 <= done < 5, "the phase finished before the kill: make its epochs longer"
+    assert not (proj.path / "models" / "phases" / "top" / "model.keras").exists()
+
+    r = proj.dvc("repro", "phase@top")
+    assert "phase@top" in proj.ran(r)
+    assert f"phase top: resuming from checkpoint at epoch {done} (target 5)" in r.stdout + r.stderr
+    resumed = _state(proj, "top")
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+
+    # an unkilled run of the same stage gives the same result
+    shutil.rmtree(proj.path / "models" / "checkpoints" / "top")
+    r = proj.dvc("repro", "--force", "--single-item", "phase@top")
+    assert "phase top: epochs 1-5 of 5" in r.stdout + r.stderr
+    assert abs(_state(proj, "top")["val_loss"] - resumed["val_loss"]) < 1e-4
 
 
 def test_second_phase_learning_rate_reruns_it_and_later_only(repo):
