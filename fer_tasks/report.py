@@ -43,7 +43,8 @@ def metrics_table(reports_dir: Path, phases: list[str]) -> str:
         )
     final = reports_dir / "evaluate" / "metrics.json"
     if final.is_file():
-        rows.append(_row("final model (test)", json.loads(final.read_text())))
+        m = json.loads(final.read_text())
+        rows.append(_row(f"final model ({m.get('split', 'test')})", m))
     if not rows:
         return f"no metrics under {reports_dir} yet: run `dvc repro` first"
     head = ["model", "accuracy", "macro_f1", "loss", "epochs"]

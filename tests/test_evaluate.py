@@ -68,6 +68,7 @@ def test_outputs_exist_and_metrics_json_matches_return(setup) -> None:
     assert (out / "confusion.png").read_bytes()[:8] == PNG_MAGIC
     assert read_json(out / "metrics.json") == setup["metrics"]
     assert list(setup["metrics"]) == [
+        "split",
         "n",
         "accuracy",
         "top2_accuracy",
@@ -193,3 +194,21 @@ def test_evaluate_without_svm_metrics_writes_no_comparison(setup, tmp_path) -> N
         "confusion.png",
         "metrics.json",
     ]
+
+
+def test_val_split_is_named_and_compared_with_the_svm_on_val(setup, tmp_path) -> None:
+    root = setup["root"]
+    svm = read_json(root / "svm.json")
+    svm["val"] = {**svm["val"], "accuracy": 0.123}  # tell the two sections apart
+    write_json(tmp_path / "svm.json", svm)
+    m = evaluate(
+        root / "model.keras",
+        root / "test.npz",
+        tmp_path / "svm.json",
+        tmp_path / "out",
+        EvaluateParams(batch_size=32, split="val"),
+    )
+    assert m["split"] == "val" and setup["metrics"]["split"] == "test"
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert md.startswith("# Val split:") and "| 12.3 % |" in md
+    assert "| 12.3 % |" not in (setup["out"] / "comparison.md").read_text()
