@@ -42,9 +42,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from fer_tasks.params import ParamsError, PhaseParams, parse_params
+from fer_tasks.params import ParamsError, PhaseParams, parse_params, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ def load_config(name: str) -> dict:
     path = _experiments_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown configuration {name!r}; have {', '.join(available())}")
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of params sections")
     return data
@@ -153,7 +151,7 @@ def _parse_phase_set(items: list[str]) -> dict:
             raise ValueError(
                 f"--phase-set {item!r}: expected KEY=VALUE, KEY one of the phase params ({keys})"
             )
-        out[key] = yaml.safe_load(value)
+        out[key] = read_yaml(value)
     return out
 
 
@@ -516,7 +514,7 @@ def compare(
     root = params_path.resolve().parent
     if not (root / "dvc.yaml").is_file():
         raise FileNotFoundError(f"{root}/dvc.yaml: run fer compare from the project root")
-    base = yaml.safe_load(params_path.read_text())
+    base = read_yaml(params_path.read_text())
     names = configs or available()
     pset = _parse_phase_set(list(phase_set))
     resolved = {n: resolve(base, n, epochs_scale, pset) for n in names}  # all validate first

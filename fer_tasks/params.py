@@ -7,19 +7,37 @@ and the file named. This module must stay cheap to import (no TensorFlow).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 USAGES = ("Training", "PublicTest", "PrivateTest")
 
 
+# Layers of the `base` model (backbone + Dropout + softmax head) per backbone at the
+# stored 48 px, for checking an `unfreeze` count without building the model (another
+# input_size adds one Resizing layer); tests/test_backbones.py builds each and checks.
+# The block names every backbone has:
+BASE_LAYERS = {"efficientnet_lite0": 146, "efficientnet_b0": 241}
+BLOCKS = ("all", "top", *(f"block{i}" for i in range(1, 8)))
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool -> int (`epochs: true`), no str -> bool (`augment: "yes"`),
+    # no str -> number; an int is still a valid float
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SynthesizeParams(_Section):
@@ -29,10 +47,19 @@ class SynthesizeParams(_Section):
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
 
+    @model_validator(mode="after")
+    def _check_fractions(self) -> SynthesizeParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                "leaves no Training rows (must be < 1)"
+            )
+        return self
+
 
 class PrepareParams(_Section):
     # FER2013 CSV (plain or .gz) or an image-folder tree with train/ and test/
-    source: str = "data/raw/synthetic/fer_synth.csv"
+    source: str = Field("data/raw/synthetic/fer_synth.csv", min_length=1)
     format: Literal["auto", "csv", "folder"] = "auto"
     # used only when the source lacks PublicTest (val) or PrivateTest (test)
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
@@ -57,7 +84,7 @@ class RebalanceParams(_Section):
 class ModelParams(_Section):
     backbone: Literal["efficientnet_lite0", "efficientnet_b0"] = "efficientnet_lite0"
     # imagenet | none | path to a local weights file
-    weights: str = "imagenet"
+    weights: str = Field("imagenet", min_length=1)
     input_size: int = Field(48, ge=32, le=600)
     pooling: Literal["max", "avg"] = "max"
     # Keras dtype policy the backbone is built under (its saved layers keep it, so
@@ -126,10 +153,20 @@ class PhaseParams(_Section):
     # cap on batches per epoch (None = the whole training split); for smoke runs
     steps_per_epoch: int | None = Field(None, ge=1)
 
+    @field_validator("unfreeze")
+    @classmethod
+    def _check_unfreeze(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be >= 1 or a block name, got {v}")
+        if isinstance(v, str) and v.lower() not in BLOCKS:
+            hint = " (a layer count is a number, not a string)" if v.isdigit() else ""
+            raise ValueError(
+                f"{v!r} is not a block name{hint}: use a layer count or one of {', '.join(BLOCKS)}"
+            )
+        return v
+
     @model_validator(mode="after")
-    def _check_unfreeze(self) -> PhaseParams:
-        if isinstance(self.unfreeze, int) and self.unfreeze < 1:
-            raise ValueError(f"unfreeze must be >= 1 or a block name, got {self.unfreeze}")
+    def _check_schedule(self) -> PhaseParams:
         if self.lr_schedule == "cosine" and self.lr_horizon is None:
             raise ValueError(
                 "lr_schedule cosine needs lr_horizon: the epochs over which the rate falls "
@@ -213,40 +250,144 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
 
+    def unfreeze_errors(self) -> dict[str, str]:
+        """Layer counts beyond the configured backbone's base model, by dotted key."""
+        limit = BASE_LAYERS[self.model.backbone] + (self.model.input_size != 48)
+        return {
+            f"finetune.phases.{name}.unfreeze": f"{phase.unfreeze} layers, but the "
+            f"{self.model.backbone} model has {limit} (use 'all' for every layer)"
+            for name, phase in self.finetune.phases.items()
+            if isinstance(phase.unfreeze, int) and phase.unfreeze > limit
+        }
+
 
 class ParamsError(ValueError):
     """A params file that does not validate; the message names the file and keys."""
 
 
-def _format(err: ValidationError, path: Path) -> str:
+def _format(err: ValidationError, path: Path, lines_of: dict[str, int]) -> str:
     lines = [f"{path}: invalid parameters"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        # the line of the key, or of the nearest enclosing key the file has
+        parts = key.split(".")
+        line = next(
+            (
+                lines_of[".".join(parts[:i])]
+                for i in range(len(parts), 0, -1)
+                if ".".join(parts[:i]) in lines_of
+            ),
+            None,
+        )
+        at = f"line {line}: " if line else ""
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            lines.append(f"  {at}{key}: unknown key")
         else:
             got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
-            lines.append(f"  {key}: {e['msg']}{got}")
+            lines.append(f"  {at}{key}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
-def parse_params(data: dict, path: str | Path = "params.yaml") -> Params:
-    """Validate an already-loaded params mapping."""
+def key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line of that key in a YAML text (mappings only)."""
+    out: dict[str, int] = {}
+
+    def walk(node, at: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{at}.{k.value}" if at else str(k.value)
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return out
+
+
+# keys a params file must spell out: their defaults are for code and tests, and a file
+# that lost one would silently train on other data or other weights than meant
+REQUIRED_KEYS = (("prepare", "source"), ("model", "weights"))
+
+
+def parse_params(
+    data: dict, path: str | Path = "params.yaml", lines_of: dict[str, int] | None = None
+) -> Params:
+    """Validate an already-loaded params mapping (`lines_of`: key lines for the message)."""
+    lines_of = lines_of or {}
+    missing = [
+        ".".join(k)
+        for k in REQUIRED_KEYS
+        if not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]
+    ]
+    if missing:
+        found = {m: lines_of.get(m.split(".")[0]) for m in missing}
+        raise ParamsError(
+            f"{path}: invalid parameters\n"
+            + "\n".join(
+                f"  {m}: required key missing"
+                + (f" (its section starts on line {line})" if line else "")
+                for m, line in found.items()
+            )
+        )
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as err:
-        raise ParamsError(_format(err, Path(path))) from None
+        raise ParamsError(_format(err, Path(path), lines_of)) from None
+    # checks across sections: a phase's layer count against the configured backbone
+    errors = params.unfreeze_errors()
+    if errors:
+        raise ParamsError(
+            f"{path}: invalid parameters\n"
+            + "\n".join(
+                (f"  line {lines_of[k]}: " if k in lines_of else "  ") + f"{k}: {msg}"
+                for k, msg in errors.items()
+            )
+        )
+    return params
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (as DVC does)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key] + 1}, again on line "
+                    f"{key_node.start_mark.line + 1}); YAML would silently keep the last",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-4` as a string; YAML 1.2 (DVC's ruamel) as a float.
+# Read it as DVC does, so a strict float field takes it.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str):
+    """YAML as the pipeline reads it: safe, and a duplicate key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raise ParamsError naming the file and key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        data = read_yaml(text)
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    return parse_params(data, path)
+    return parse_params(data, path, key_lines(text))

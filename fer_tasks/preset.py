@@ -13,7 +13,7 @@ import yaml
 
 from fer_tasks.compare import merge_params
 from fer_tasks.io import atomic_path
-from fer_tasks.params import Params, ParamsError, parse_params
+from fer_tasks.params import Params, ParamsError, parse_params, read_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -26,12 +26,12 @@ def load_overlay(name: str) -> dict:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ParamsError(f"preset {name!r} not found in {PRESETS_DIR} (have {available()})")
-    return yaml.safe_load(path.read_text()) or {}
+    return read_yaml(path.read_text()) or {}
 
 
 def preset_params(name: str, params_path: Path) -> Params:
     """The validated params of `params_path` with preset `name` merged in (nothing written)."""
-    base = yaml.safe_load(Path(params_path).read_text())
+    base = read_yaml(Path(params_path).read_text())
     return parse_params(merge_params(base, load_overlay(name)), f"{params_path} + preset {name}")
 
 
@@ -48,7 +48,7 @@ def _changes(old, new, at: str = "") -> list[str]:
 def apply_preset(name: str, params_path: Path, source: str | None = None) -> list[str]:
     """Write params_path merged with preset `name` (and prepare.source); return the changes."""
     params_path = Path(params_path)
-    current = yaml.safe_load(params_path.read_text())
+    current = read_yaml(params_path.read_text())
     overlay = load_overlay(name)
     if source is not None:
         overlay = merge_params(overlay, {"prepare": {"source": source}})

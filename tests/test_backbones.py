@@ -67,3 +67,17 @@ def test_b0_imagenet_offline_fails_fast_with_remedy(tmp_path):
     assert elapsed < 60, (
         f"took {elapsed:.0f} s"
     )  # import of TF included; the failure itself is fast
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_b0"])
+@pytest.mark.parametrize("size", [48, 96])
+def test_base_layer_counts_that_validation_uses(backbone, size):
+    """params.BASE_LAYERS lets `fer validate` check an unfreeze count without TensorFlow."""
+    from fer_tasks.backbones import build_backbone
+    from fer_tasks.model import build_model
+    from fer_tasks.params import BASE_LAYERS
+
+    p = ModelParams(backbone=backbone, weights="none", input_size=size)
+    model = build_model(build_backbone(p), BaseModelParams())
+    assert len(model.layers) == BASE_LAYERS[backbone] + (size != 48)

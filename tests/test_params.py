@@ -77,3 +77,88 @@ def test_cli_validate_fails_without_tensorflow(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "rebalance.methd: unknown key" in r.stderr and str(path) in r.stderr
+
+
+def _edit_text(tmp_path: Path, old: str, new: str) -> Path:
+    """params.yaml with one piece of text replaced (keeps line numbers meaningful)."""
+    text = (ROOT / "params.yaml").read_text()
+    assert old in text, old
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("block9", "'block9' is not a block name"),
+        ('"6"', "a layer count is a number, not a string"),
+        ("100000", "100000 layers, but the efficientnet_lite0 model has 146"),
+        ("0", "must be >= 1"),
+    ],
+)
+def test_bad_unfreeze_of_a_later_phase_fails_before_any_work(tmp_path, value, message):
+    path = _edit_text(tmp_path, "unfreeze: block5", f"unfreeze: {value}")
+    with pytest.raises(ParamsError, match=message) as e:
+        load_params(path)
+    line = _line_of(path, f"unfreeze: {value}")
+    assert f"line {line}: finetune.phases.block5.unfreeze: " in str(e.value)
+
+
+def test_valid_unfreeze_values_pass():
+    # the other direction: every block name and an in-range count validate
+    from fer_tasks.params import BLOCKS, PhaseParams
+
+    for v in (*BLOCKS, "Block7", 6, 19, 146):
+        assert PhaseParams(after="base", epochs=1, unfreeze=v).unfreeze == v
+
+
+def test_duplicate_key_is_refused_with_both_lines(tmp_path):
+    path = _edit_text(tmp_path, "      epochs: 6\n", "      epochs: 7\n      epochs: 500\n")
+    first = _line_of(path, "epochs: 7")
+    with pytest.raises(ParamsError, match="duplicate key 'epochs'") as e:
+        load_params(path)
+    assert f"first on line {first}, again on line {first + 1}" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("      epochs: 6\n", "      epochs: true\n", "finetune.phases.block5.epochs"),
+        ("  augment: true ", '  augment: "yes" ', "rebalance.augment"),
+        ("  C: 0.001", '  C: "0.001"', "svm.C"),
+        ("  n_samples: 3500", "  n_samples: 3500.0", "synthesize.n_samples"),
+    ],
+)
+def test_types_are_strict(tmp_path, old, new, key):
+    path = _edit_text(tmp_path, old, new)
+    with pytest.raises(ParamsError, match=rf"line {_line_of(path, new.strip())}: {key}: "):
+        load_params(path)
+
+
+@pytest.mark.parametrize("key", ["prepare.source", "model.weights"])
+def test_required_keys(tmp_path, key):
+    section, name = key.split(".")
+    path = _write(tmp_path, lambda d: d[section].pop(name))
+    with pytest.raises(
+        ParamsError, match=rf"{key}: required key missing \(its section starts on line \d+\)"
+    ):
+        load_params(path)
+
+
+def test_synthesize_fractions_must_leave_training_rows(tmp_path):
+    path = _write(tmp_path, lambda d: d["synthesize"].update(val_fraction=0.6, test_fraction=0.5))
+    with pytest.raises(ParamsError, match=r"synthesize: .*val_fraction \+ test_fraction = 1\.1"):
+        load_params(path)
+    ok = _write(tmp_path, lambda d: d["synthesize"].update(val_fraction=0.4, test_fraction=0.5))
+    assert load_params(ok).synthesize.test_fraction == 0.5
+
+
+def test_exponent_floats_read_as_dvc_reads_them(tmp_path):
+    # YAML 1.1 would make `1e-4` a string, which a strict float field refuses
+    path = _edit_text(tmp_path, "  l2_coef: 0.0001", "  l2_coef: 1e-4")
+    assert load_params(path).base.l2_coef == 1e-4
