@@ -163,6 +163,10 @@ def test_cli_features_then_svm(tmp_path: Path, backbone: Path, data):
     params = tmp_path / "params.yaml"
     params.write_text(
         textwrap.dedent("""\
+        prepare:
+          source: data/raw/fer.csv
+        model:
+          weights: none
         features:
           batch_size: 16
         svm:
