@@ -37,6 +37,15 @@ TINY = {
                 "batch_size": 32,
                 "steps_per_epoch": 2,
                 "learning_rate": 0.0005,
+                # the fer2013-cpu preset's schedule for its last phase
+                "lr_schedule": "cosine",
+                "lr_horizon": 2,
+                "lr_min": 0.00001,
+                "unfreeze_bn": True,
+                "label_smoothing": 0.1,
+                "shift": 0.1,
+                "rotate": 10,
+                "zoom": 0.1,
                 "deterministic": True,
                 "on_collapse": "warn",
             },
@@ -195,7 +204,8 @@ def test_pushed_run_travels_to_a_fresh_clone_and_extends_there(repo, tmp_path):
     nothing = clone.dvc("repro")
     assert clone.ran(nothing) == set(), nothing.stdout
 
-    # one more epoch for the last phase: it resumes from the pulled checkpoint
+    # one more epoch for the last phase (cosine, as the preset): it resumes from the
+    # pulled checkpoint
     params = clone.params()
     params["finetune"]["phases"]["block7"]["epochs"] = 2
     clone.set_params(params)
