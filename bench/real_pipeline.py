@@ -193,7 +193,7 @@ def main() -> None:
             ["exp", "run", "-n", name, "-S", f"{key}={epochs}", "evaluate", "export"],
             logs / "extend.log",
             "extend",
-            work_env(work),
+            env,
         )
         if ext["rc"] != 0:
             raise SystemExit(f"dvc exp run failed (rc {ext['rc']}); log: {logs / 'extend.log'}")

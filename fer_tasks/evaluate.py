@@ -76,18 +76,18 @@ def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
-def _svm_test(svm_metrics_path: Path | None, split: str = "test") -> dict | None:
+def _svm_split(svm_metrics_path: Path | None, split: str = "test") -> dict | None:
     """The SVM's metrics on `split` (the split the fine-tuned model was scored on)."""
     if svm_metrics_path is None:
         return None
     data = read_json(svm_metrics_path)
-    test = data.get(split) if isinstance(data, dict) else None
-    if not isinstance(test, dict) or not {"accuracy", "macro_f1", "per_class"} <= test.keys():
+    section = data.get(split) if isinstance(data, dict) else None
+    if not isinstance(section, dict) or not {"accuracy", "macro_f1", "per_class"} <= section.keys():
         raise ValueError(
             f"{svm_metrics_path}: expected a {split!r} section with accuracy, macro_f1 and "
             "per_class"
         )
-    return test
+    return section
 
 
 def _pct(x: float | None) -> str:
@@ -146,7 +146,7 @@ def evaluate(
     Returns the metrics written to metrics.json.
     """
     model_path, test_path, out_dir = Path(model_path), Path(test_path), Path(out_dir)
-    svm = _svm_test(Path(svm_metrics_path) if svm_metrics_path is not None else None, params.split)
+    svm = _svm_split(Path(svm_metrics_path) if svm_metrics_path is not None else None, params.split)
     images, labels = load_split(test_path)  # checks uint8 (N, 48, 48) and labels
     if len(images) == 0:
         raise ValueError(f"{test_path}: the test split is empty")
@@ -190,7 +190,7 @@ def summarize(
         raise ValueError(f"{metrics_path}: not an evaluate metrics.json")
     md = comparison_markdown(
         metrics,
-        _svm_test(svm_metrics_path, metrics.get("split", "test")),
+        _svm_split(svm_metrics_path, metrics.get("split", "test")),
         model_name or str(metrics_path),
         str(svm_metrics_path),
     )

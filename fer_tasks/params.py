@@ -265,29 +265,6 @@ class ParamsError(ValueError):
     """A params file that does not validate; the message names the file and keys."""
 
 
-def _format(err: ValidationError, path: Path, lines_of: dict[str, int]) -> str:
-    lines = [f"{path}: invalid parameters"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        # the line of the key, or of the nearest enclosing key the file has
-        parts = key.split(".")
-        line = next(
-            (
-                lines_of[".".join(parts[:i])]
-                for i in range(len(parts), 0, -1)
-                if ".".join(parts[:i]) in lines_of
-            ),
-            None,
-        )
-        at = f"line {line}: " if line else ""
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {at}{key}: unknown key")
-        else:
-            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
-            lines.append(f"  {at}{key}: {e['msg']}{got}")
-    return "\n".join(lines)
-
-
 def key_lines(text: str) -> dict[str, int]:
     """Dotted key -> 1-based line of that key in a YAML text (mappings only)."""
     out: dict[str, int] = {}
@@ -303,45 +280,67 @@ def key_lines(text: str) -> dict[str, int]:
     return out
 
 
+def _at(key: str, lines_of: dict[str, int]) -> str:
+    """'line N: ' for the key, or for the nearest enclosing key the file has; else ''."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in lines_of:
+            return f"line {lines_of['.'.join(parts[:i])]}: "
+    return ""
+
+
+def _invalid(path: str | Path, entries: list[str]) -> ParamsError:
+    return ParamsError("\n".join([f"{path}: invalid parameters", *(f"  {e}" for e in entries)]))
+
+
+def _entries(err: ValidationError, lines_of: dict[str, int]) -> list[str]:
+    entries = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            entries.append(f"{_at(key, lines_of)}{key}: unknown key")
+        else:
+            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            entries.append(f"{_at(key, lines_of)}{key}: {e['msg']}{got}")
+    return entries
+
+
 # keys a params file must spell out: their defaults are for code and tests, and a file
 # that lost one would silently train on other data or other weights than meant
 REQUIRED_KEYS = (("prepare", "source"), ("model", "weights"))
 
 
-def parse_params(
-    data: dict, path: str | Path = "params.yaml", lines_of: dict[str, int] | None = None
-) -> Params:
-    """Validate an already-loaded params mapping (`lines_of`: key lines for the message)."""
-    lines_of = lines_of or {}
+def parse_params(data: dict, path: str | Path = "params.yaml", text: str | None = None) -> Params:
+    """Validate an already-loaded params mapping; `text`, its YAML, gives the error lines.
+
+    The lines are looked up only when there is an error to report.
+    """
+
+    def lines_of() -> dict[str, int]:
+        return key_lines(text) if text is not None else {}
+
     missing = [
-        ".".join(k)
-        for k in REQUIRED_KEYS
-        if not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]
+        k for k in REQUIRED_KEYS if not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]
     ]
     if missing:
-        found = {m: lines_of.get(m.split(".")[0]) for m in missing}
-        raise ParamsError(
-            f"{path}: invalid parameters\n"
-            + "\n".join(
-                f"  {m}: required key missing"
-                + (f" (its section starts on line {line})" if line else "")
-                for m, line in found.items()
-            )
+        lines = lines_of()
+        raise _invalid(
+            path,
+            [
+                f"{section}.{key}: required key missing"
+                + (f" (its section starts on line {lines[section]})" if section in lines else "")
+                for section, key in missing
+            ],
         )
     try:
         params = Params.model_validate(data)
     except ValidationError as err:
-        raise ParamsError(_format(err, Path(path), lines_of)) from None
+        raise _invalid(path, _entries(err, lines_of())) from None
     # checks across sections: a phase's layer count against the configured backbone
     errors = params.unfreeze_errors()
     if errors:
-        raise ParamsError(
-            f"{path}: invalid parameters\n"
-            + "\n".join(
-                (f"  line {lines_of[k]}: " if k in lines_of else "  ") + f"{k}: {msg}"
-                for k, msg in errors.items()
-            )
-        )
+        lines = lines_of()
+        raise _invalid(path, [f"{_at(k, lines)}{k}: {msg}" for k, msg in errors.items()])
     return params
 
 
@@ -390,4 +389,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-    return parse_params(data, path, key_lines(text))
+    return parse_params(data, path, text)

@@ -54,7 +54,7 @@ from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from fer_tasks.params import key_lines, parse_params, read_yaml
+from fer_tasks.params import parse_params, read_yaml
 
 LOCK_FILE = ".dvc/tmp/fer-flow.lock"  # under .dvc/tmp: ignored by git and DVC
 EXPERIMENTS_DIR = ".dvc/tmp/fer-flows"  # temporary experiment workspaces
@@ -267,7 +267,7 @@ def override_params(params_file: Path, overrides: list[str]) -> str:
                 raise ValueError(f"-S {' '.join(overrides)}: {err}{cause}") from None
         text = copy.read_text()
     where = f"{params_file} with -S {' '.join(overrides)}" if overrides else params_file
-    parse_params(read_yaml(text), where, key_lines(text))  # as `fer validate` checks
+    parse_params(read_yaml(text), where, text)  # the same checks as `fer validate`
     return text
 
 
