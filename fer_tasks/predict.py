@@ -34,8 +34,13 @@ Bad input
     is not an image, a truncated image, an image over `MAX_PIXELS` (checked on
     the header, before anything is decoded: decompression bombs) and an image
     with no face each print ``fer predict: <file>: <reason>`` on stderr; the
-    other files are still processed. `predict` returns 0 when every file gave
-    at least one face, 1 when any failed, 2 when the model cannot be used.
+    other files are still processed; so do an image under `MIN_FACE` px on
+    its short side and a float image with NaN/inf pixels (`read_image` says how
+    16-bit, 32-bit and float images are scaled). A multi-frame file (animated
+    GIF, multi-page TIFF) is predicted from frame 1, with ``fer predict:
+    <file>: note: frame 1 of N used`` on stderr (stdout keeps its format).
+    `predict` returns 0 when every file gave at least one face, 1 when any
+    failed, 2 when the model cannot be used.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
 )
 MAX_PIXELS = 50_000_000  # refuse larger images without decoding them
+# refuse smaller images: the model sees 48x48, so a face under 16 px is blown up over 3x
+# from a few pixels per eye or mouth corner (detected faces are at least 24 px anyway)
+MIN_FACE = 16
 PAD = 0.1  # share of the detected box added on each side before cropping
 DETECT_MAX_SIDE = 1024  # detection runs on a copy no larger than this (speed)
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -249,10 +257,29 @@ def iter_inputs(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None]
             yield p, "no such file or folder"
 
 
-def read_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """The image as uint8 grayscale (H, W); `ImageError` for anything unusable.
+def _gray8(img) -> np.ndarray:
+    """uint8 grey of a loaded PIL image; high-bit-depth grey stretched min..max -> 0..255."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+    a = np.asarray(img).astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ImageError("NaN or infinite float pixels: cannot scale them to 8-bit grey")
+    lo, hi = float(a.min()), float(a.max())
+    if hi == lo:  # no range to scale by: mid-grey
+        return np.full(a.shape, 128, np.uint8)
+    return np.clip(np.round((a - lo) * 255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
-    The pixel count is read from the header and checked before decoding.
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """The first frame as uint8 grayscale (H, W) and the frame count; `ImageError` if unusable.
+
+    Checked on the header, before decoding: at most `max_pixels` pixels, at least
+    `MIN_FACE` on the short side. 8-bit images (L, P, RGB, ...) convert to grey
+    as they are. 16-bit ("I;16"), 32-bit integer ("I") and float ("F") grey is
+    stretched from the image's own min..max to 0..255, as the file does not say
+    which part of its nominal range holds data (10-bit values in a 16-bit PNG,
+    floats in 0..1 or 0..255): a full-range image gives exactly its 8-bit
+    version, a constant one mid-grey (128); NaN or infinite floats are refused.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -273,17 +300,21 @@ def read_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 f"image too large, not decoded: {w}x{h} = {w * h / 1e6:.1f} megapixels "
                 f"(limit {max_pixels / 1e6:g})"
             )
-        if w < 1 or h < 1:
-            raise ImageError(f"empty image ({w}x{h})")
+        if min(w, h) < MIN_FACE:
+            raise ImageError(f"image too small: {w}x{h} (a face needs {MIN_FACE} px or more)")
         try:
+            frames = int(getattr(img, "n_frames", 1))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
-                return (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
-            gray = img.convert("L")
+            return _gray8(ImageOps.exif_transpose(img)), frames
+        except ImageError:
+            raise
         except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
             raise ImageError(f"corrupt or truncated image ({err})") from None
-    return np.asarray(gray, dtype=np.uint8)
+
+
+def read_gray(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """`read_image` without the frame count."""
+    return read_image(path, max_pixels)[0]
 
 
 def _resize48(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -339,9 +370,9 @@ class FaceDetector:
         return sorted(out)
 
 
-def faces(path: Path, detector: FaceDetector | None) -> tuple[np.ndarray, list[list[int]]]:
-    """48x48 uint8 face crops (K, 48, 48) and their boxes for one file; `ImageError` if none."""
-    gray = read_gray(path)
+def faces(path: Path, detector: FaceDetector | None) -> tuple[np.ndarray, list[list[int]], int]:
+    """48x48 uint8 face crops (K, 48, 48), their boxes and the frame count; `ImageError` if none."""
+    gray, frames = read_image(path)
     h, w = gray.shape
     if detector is None:
         boxes = [(0, 0, w, h)]
@@ -350,7 +381,7 @@ def faces(path: Path, detector: FaceDetector | None) -> tuple[np.ndarray, list[l
         if not boxes:
             raise ImageError("no face found (pass detect=False / --no-detect for cropped faces)")
     crops = np.stack([_resize48(gray, b) for b in boxes])
-    return crops, [list(map(int, b)) for b in boxes]
+    return crops, [list(map(int, b)) for b in boxes], frames
 
 
 # --------------------------------------------------------------------------- output
@@ -358,15 +389,8 @@ def faces(path: Path, detector: FaceDetector | None) -> tuple[np.ndarray, list[l
 
 def format_face(file: Path, box: list[int], probs: np.ndarray, top: int | None) -> str:
     if top is None:
-        return json.dumps(
-            {
-                "file": str(file),
-                "box": box,
-                "probabilities": {
-                    n: round(float(p), 6) for n, p in zip(CLASS_NAMES, probs, strict=True)
-                },
-            }
-        )
+        probabilities = {n: round(float(p), 6) for n, p in zip(CLASS_NAMES, probs, strict=True)}
+        return json.dumps({"file": str(file), "box": box, "probabilities": probabilities})
     order = np.argsort(-probs, kind="stable")[:top]
     best = ", ".join(f"{CLASS_NAMES[i]} {100 * probs[i]:.1f}%" for i in order)
     return f"{file} [{','.join(map(str, box))}]: {best}"
@@ -404,11 +428,13 @@ def predict(
         try:
             if problem is not None:
                 raise ImageError(problem)
-            crops, boxes = faces(path, detector)
+            crops, boxes, frames = faces(path, detector)
         except ImageError as e:
             print(f"fer predict: {path}: {e}", file=err)
             failed += 1
             continue
+        if frames > 1:
+            print(f"fer predict: {path}: note: frame 1 of {frames} used", file=err)
         probs = model.predict(crops)
         # an int8 model's softmax comes in steps of 1/256: renormalise so each line sums to 1
         probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)

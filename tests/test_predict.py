@@ -16,7 +16,7 @@ from conftest import band_split, train_tiny_classifier
 from PIL import Image
 
 from fer_tasks import CLASS_NAMES
-from fer_tasks.predict import MAX_PIXELS, predict, read_gray
+from fer_tasks.predict import MAX_PIXELS, MIN_FACE, predict, read_gray, read_image
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,15 @@ def test_tflite_path_never_imports_tensorflow(models, photos) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["not_image", "truncated_jpeg", "truncated_png", "bomb_header", "bomb_pil", "missing_file"],
+    [
+        "not_image",
+        "truncated_jpeg",
+        "truncated_png",
+        "bomb_header",
+        "bomb_pil",
+        "one_pixel",
+        "missing_file",
+    ],
 )
 def test_bad_file_is_reported_and_others_still_run(models, photos, tmp_path, case) -> None:
     bad = tmp_path / f"{case}.png"
@@ -196,6 +204,9 @@ def test_bad_file_is_reported_and_others_still_run(models, photos, tmp_path, cas
     elif case == "bomb_pil":  # so large that Pillow itself refuses to open it
         _png_with_declared_size(bad, 60_000, 60_000)
         expect = "too large, not decoded"
+    elif case == "one_pixel":  # would be blown up to 48x48 from a single pixel
+        Image.new("L", (1, 1), 128).save(bad)
+        expect = f"image too small: 1x1 (a face needs {MIN_FACE} px or more)"
     else:
         expect = "no such file"
     rc, lines, err = _run([photos["crop"], bad, photos["crop"]], models["tflite"], detect=False)
@@ -259,7 +270,128 @@ def test_opencv_missing_is_a_clear_error(models, photos, monkeypatch) -> None:
     assert _run([photos["crop"]], models["tflite"], detect=False)[0] == 0  # no OpenCV needed
 
 
-def test_sixteen_bit_grayscale_keeps_its_range(tmp_path) -> None:
-    a = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)
-    Image.fromarray(a).save(tmp_path / "g16.png")
-    assert np.array_equal(read_gray(tmp_path / "g16.png"), (a >> 8).astype(np.uint8))
+# --------------------------------------------------------------------------- depth, size, frames
+
+
+def _face8() -> np.ndarray:
+    """A face-like 8-bit image (56x48) using the full 0..255 range: head, eyes, brows, mouth."""
+    yy, xx = np.mgrid[:56, :48]
+    a = 40 + 60 * yy / 55  # background gradient
+    a = np.where(((xx - 24) / 18) ** 2 + ((yy - 28) / 24) ** 2 <= 1, 190 + 20 * xx / 47, a)
+    for cx in (16, 32):
+        a[(xx - cx) ** 2 + (yy - 22) ** 2 <= 9] = 0  # eyes
+        a[16:18, cx - 4 : cx + 5] = 70  # brows
+    a[38:41, 16:33] = 255  # open mouth, teeth
+    return np.round(a).astype(np.uint8)
+
+
+# the 8-bit face saved at other depths; each holds it at full range (or at 10 bits, or offset)
+DEPTHS = {
+    "png16_full.png": ("I;16", lambda a: a.astype(np.uint16) * 257),
+    "png16_10bit.png": ("I;16", lambda a: a.astype(np.uint16) * 4),
+    "tiff_i32_full.tif": ("I", lambda a: a.astype(np.int32) * 8_421_504),  # up to 2**31 - 128
+    "tiff_i32_x1000.tif": ("I", lambda a: a.astype(np.int32) * 1000),
+    "tiff_i32_signed.tif": ("I", lambda a: a.astype(np.int32) * 1000 - 128_000),
+    "tiff_float.tif": ("F", lambda a: (a / 255.0).astype(np.float32)),
+}
+
+
+def _probabilities(lines: list[str]) -> np.ndarray:
+    return np.array([list(json.loads(line)["probabilities"].values()) for line in lines])
+
+
+@pytest.mark.parametrize("name", list(DEPTHS))
+def test_high_bit_depth_reads_as_its_8_bit_version(tmp_path, name) -> None:
+    a = _face8()
+    assert a.min() == 0 and a.max() == 255
+    mode, convert = DEPTHS[name]
+    Image.fromarray(convert(a)).save(tmp_path / name)
+    with Image.open(tmp_path / name) as img:
+        assert img.mode == mode  # the file really is that depth
+    Image.fromarray(a).save(tmp_path / "face8.png")
+    gray8 = read_gray(tmp_path / "face8.png")
+    assert np.array_equal(gray8, a)
+    gray = read_gray(tmp_path / name)
+    assert gray.dtype == np.uint8 and gray.shape == a.shape
+    assert np.abs(gray.astype(int) - gray8).max() <= 1
+
+
+def test_high_bit_depth_predicts_like_8_bit(models, tmp_path) -> None:
+    a = _face8()
+    files = [tmp_path / "face8.png"] + [tmp_path / name for name in DEPTHS]
+    Image.fromarray(a).save(files[0])
+    for name, (_, convert) in DEPTHS.items():
+        Image.fromarray(convert(a)).save(tmp_path / name)
+    rc, lines, err = _run(files, models["tflite"], detect=False)
+    assert rc == 0 and err == ""
+    assert [json.loads(line)["file"] for line in lines] == list(map(str, files))
+    probs = _probabilities(lines)
+    assert np.abs(probs - probs[0]).max() < 1e-6
+
+
+def test_eight_bit_is_not_stretched_and_constant_high_depth_is_mid_grey(tmp_path) -> None:
+    narrow = (100 + _face8() // 4).astype(np.uint8)  # 100..163: kept as it is
+    Image.fromarray(narrow).save(tmp_path / "narrow8.png")
+    assert np.array_equal(read_gray(tmp_path / "narrow8.png"), narrow)
+    Image.fromarray(np.full((20, 20), 77, np.uint8)).save(tmp_path / "flat8.png")
+    assert (read_gray(tmp_path / "flat8.png") == 77).all()
+    for name, flat in (
+        ("flat16.png", np.full((20, 20), 1000, np.uint16)),
+        ("flat_i32.tif", np.full((20, 20), -5, np.int32)),
+        ("flat_float.tif", np.full((20, 20), 0.25, np.float32)),
+    ):
+        Image.fromarray(flat).save(tmp_path / name)
+        assert (read_gray(tmp_path / name) == 128).all(), name
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_image_with_non_finite_pixels_is_refused(models, photos, tmp_path, bad) -> None:
+    f = (_face8() / 255.0).astype(np.float32)
+    f[10, 10] = bad
+    path = tmp_path / "bad_float.tif"
+    Image.fromarray(f).save(path)
+    rc, lines, err = _run([path, photos["crop"]], models["tflite"], detect=False)
+    assert rc == 1
+    assert len(lines) == 1 and json.loads(lines[0])["file"] == str(photos["crop"])
+    msg = "NaN or infinite float pixels: cannot scale them to 8-bit grey"
+    assert err == f"fer predict: {path}: {msg}\n"
+
+
+def test_images_under_min_face_are_refused_and_min_face_is_not(models, tmp_path) -> None:
+    sizes = [(1, 1), (MIN_FACE - 1, 40), (40, MIN_FACE - 1), (MIN_FACE, MIN_FACE), (MIN_FACE, 40)]
+    files = []
+    for w, h in sizes:
+        files.append(tmp_path / f"g{w}x{h}.png")
+        Image.fromarray(_face8()[:h, :w]).save(files[-1])
+    rc, lines, err = _run(files, models["tflite"], detect=False)
+    assert rc == 1
+    assert [json.loads(line)["file"] for line in lines] == list(map(str, files[3:]))
+    assert err.splitlines() == [
+        f"fer predict: {f}: image too small: {w}x{h} (a face needs {MIN_FACE} px or more)"
+        for f, (w, h) in zip(files[:3], sizes[:3], strict=True)
+    ]
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "pages.tif"])
+def test_multi_frame_file_is_predicted_from_frame_1_with_a_note(models, tmp_path, name) -> None:
+    a = _face8()
+    frames = [Image.fromarray(x) for x in (a, 255 - a, a // 2)]
+    path, first = tmp_path / name, tmp_path / "frame1.png"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(first)
+    assert read_image(path)[1] == 3 and np.array_equal(read_gray(path), a)
+    rc, lines, err = _run([path, first], models["tflite"], detect=False)
+    assert rc == 0
+    assert err == f"fer predict: {path}: note: frame 1 of 3 used\n"
+    assert _check_face_line(lines[0], path)["box"] == [0, 0, 48, 56]
+    probs = _probabilities(lines)
+    assert np.abs(probs[0] - probs[1]).max() < 1e-6
+
+
+@pytest.mark.parametrize("name", ["still.gif", "still.tif", "still.png"])
+def test_single_frame_file_gets_no_note(models, tmp_path, name) -> None:
+    path = tmp_path / name
+    Image.fromarray(_face8()).save(path)
+    assert read_image(path)[1] == 1
+    rc, lines, err = _run([path], models["tflite"], detect=False)
+    assert rc == 0 and err == "" and len(lines) == 1
