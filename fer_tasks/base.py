@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from fer_tasks.io import atomic_path, save_model, write_json
+from fer_tasks.io import atomic_group, save_model, write_json
 from fer_tasks.model import build_model
 from fer_tasks.params import BaseModelParams
 
@@ -24,8 +24,6 @@ def build_base(backbone_path: Path, out_dir: Path, params: BaseModelParams) -> d
     keras.utils.set_random_seed(params.seed)
     backbone = keras.saving.load_model(backbone_path, compile=False, safe_mode=True)
     model = build_model(backbone, params)
-    with atomic_path(Path(out_dir) / "model.keras") as tmp:
-        save_model(model, tmp)
     state = {
         "phase": "base",
         "epoch_end": 0,
@@ -33,7 +31,9 @@ def build_base(backbone_path: Path, out_dir: Path, params: BaseModelParams) -> d
         "trainable_weights": len(model.trainable_weights),
         "history": [],
     }
-    write_json(Path(out_dir) / "state.json", state)
+    with atomic_group(out_dir) as tmp:  # the pair a phase reads, published together
+        save_model(model, tmp / "model.keras")
+        write_json(tmp / "state.json", state)
     log.info(
         "base model: %d layers, %d trainable weights",
         len(model.layers),

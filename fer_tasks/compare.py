@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+from fer_tasks.io import atomic_path, write_json
 from fer_tasks.params import ParamsError, PhaseParams, parse_params, read_yaml
 
 log = logging.getLogger(__name__)
@@ -402,7 +403,7 @@ def write_comparison(
         "png": out_dir / "curves.png",
     }
 
-    with open(paths["csv"], "w", newline="") as fh:
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -452,7 +453,8 @@ def write_comparison(
         "already cached); train s: its `phase@*` stages. Curves: `curves.png`.",
         "",
     ]
-    paths["md"].write_text("\n".join(md))
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text("\n".join(md))
     _plot(curves, paths["png"])
     return paths
 
@@ -486,7 +488,8 @@ def _plot(curves: dict[str, list[dict]], path: Path) -> None:
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("dashed lines: phase boundaries (unfreeze more), in each configuration's colour")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -553,8 +556,7 @@ def compare(
                 "overrides": over,
                 "finished": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             }
-            record_path.parent.mkdir(parents=True, exist_ok=True)
-            record_path.write_text(json.dumps(record, indent=1))
+            write_json(record_path, record)
         elif record_path.is_file():
             record = json.loads(record_path.read_text())
         else:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fer_tasks.io import atomic_path, load_split, read_json, write_json
+from fer_tasks.io import atomic_files, atomic_path, load_split, read_json, write_json
 from fer_tasks.metrics import classification_metrics, write_confusion_csv, write_confusion_png
 from fer_tasks.params import EvaluateParams
 
@@ -155,14 +155,17 @@ def evaluate(
     metrics = {"split": params.split, **score(labels, probs)}
     y_pred = probs.argmax(axis=1)
 
-    write_json(out_dir / "metrics.json", metrics)
-    write_confusion_csv(out_dir / "confusion.csv", labels, y_pred)
+    names = ["metrics.json", "confusion.csv", "confusion.png"]
+    names += ["comparison.md"] if svm_metrics_path is not None else []
     title = f"fine-tuned model, {split_name or params.split + ' split'}"
-    write_confusion_png(out_dir / "confusion.png", labels, y_pred, title)
-    if svm_metrics_path is not None:
-        md = comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
-        with atomic_path(out_dir / "comparison.md") as tmp:
-            tmp.write_text(md)
+    with atomic_files(*(out_dir / n for n in names)) as tmp:  # one swap of out_dir
+        write_json(tmp[0], metrics)
+        write_confusion_csv(tmp[1], labels, y_pred)
+        write_confusion_png(tmp[2], labels, y_pred, title)
+        if svm_metrics_path is not None:
+            tmp[3].write_text(
+                comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
+            )
     log.info(
         "%s: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d)%s",
         params.split,

@@ -1,10 +1,24 @@
-"""Small I/O helpers shared by the stages: atomic writes and split arrays."""
+"""Small I/O helpers shared by the stages: atomic outputs and split arrays.
+
+Every output goes through `atomic_path`: the new file or directory is written
+beside its final path, fsync'ed, then swapped in with one rename. Directories
+are swapped with Linux's `renameat2(RENAME_EXCHANGE)`, so the final path never
+goes missing; where that call is unavailable the old directory is renamed aside
+first, and the next write of the same output restores it if a kill came in
+between. Outputs that belong together (a model and its state, the rebalanced
+training set and its class weights) live in one directory swapped as a whole,
+so a later stage never reads a new file beside an old one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
+import logging
 import os
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -15,24 +29,166 @@ import numpy as np
 
 from fer_tasks import IMAGE_SIZE, NUM_CLASSES
 
+log = logging.getLogger(__name__)
+
+# temporary siblings of an output `x`: `.x.tmp-*` (being written) and `.x.old-*`
+# (the previous version, renamed aside); a killed run leaves them behind
+_TMP, _OLD = ".tmp-", ".old-"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+except (AttributeError, OSError):  # not Linux, or a libc without it (glibc < 2.28)
+    _renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths; False where the system cannot."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False  # e.g. a file system without RENAME_EXCHANGE
+    raise OSError(err, f"cannot swap {b} with its new version: {os.strerror(err)}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a directory too, on POSIX
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and directory under a directory (itself included)."""
+    if path.is_dir() and not path.is_symlink():
+        for parent, _dirs, files in os.walk(path):
+            for name in files:
+                p = Path(parent, name)
+                if not p.is_symlink():
+                    _fsync(p)
+            _fsync(Path(parent))
+    else:
+        _fsync(path)
+
+
+def _siblings(final: Path, tag: str) -> list[Path]:
+    return sorted(final.parent.glob(f".{final.name}{tag}*"), key=lambda p: p.stat().st_mtime)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(final: str | Path) -> None:
+    """Undo what a killed write of `final` left: restore an old version renamed
+    aside when `final` is missing, and remove temporary siblings.
+
+    One writer per output is assumed (DVC's repository lock gives that), so
+    every sibling found here is a leftover, not another run's work in progress.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    old = _siblings(final, _OLD)
+    if old and not os.path.lexists(final):
+        os.rename(old[-1], final)
+        log.warning("%s: restored the previous version (a killed run had moved it aside)", final)
+        old = old[:-1]
+    debris = _siblings(final, _TMP) + old
+    for p in debris:
+        _remove(p)
+    if debris:
+        log.info("%s: removed %d leftover(s) of a killed run", final, len(debris))
+
+
+def _publish(new: Path, final: Path) -> None:
+    """Move `new` to `final`; `final` names the old or the new version at every instant
+    except in the rename-aside fallback, which `recover` repairs."""
+    replacing_dir = final.is_dir() and not final.is_symlink()
+    if not replacing_dir:
+        os.replace(new, final)  # atomic for a file over a file (or over nothing)
+    elif new.is_dir() and _exchange(new, final):
+        pass  # `new` now holds the old directory; the caller deletes it
+    else:
+        aside = final.with_name(f".{final.name}{_OLD}{secrets.token_hex(4)}")
+        os.rename(final, aside)
+        os.rename(new, final)
+        _remove(aside)
+    _fsync(final.parent)
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it over `final` only on success.
+    """Yield a temporary path beside `final`; swap it in for `final` only on success.
 
-    Works for files and directories. A crash or exception leaves `final`
-    untouched and removes the temporary path, so no half-written output exists.
+    Works for files and directories. On success the new content is fsync'ed
+    before the swap and the parent directory after it. An exception leaves
+    `final` untouched and removes the temporary path; a kill leaves at most
+    temporary siblings, which the next write of `final` removes (see `recover`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    recover(final)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}{_TMP}", dir=final.parent))
+    tmp = tmp_dir / final.name
     try:
         yield tmp
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if not os.path.lexists(tmp):
+            raise FileNotFoundError(f"{final}: nothing was written to {tmp}")
+        fsync_tree(tmp)
+        _publish(tmp, final)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_group(directory: str | Path) -> Iterator[Path]:
+    """Files that belong together, published in one swap of their `directory`.
+
+    Yields an empty temporary directory to write them into. Entries of the
+    existing `directory` that the block does not write (another stage's output
+    in the same folder) are carried over, by hard link where possible, so the
+    swap replaces the group and nothing else. A reader never sees a new file
+    beside an old one.
+    """
+    directory = Path(directory)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        yield tmp
+        if directory.is_dir() and not directory.is_symlink():
+            for entry in directory.iterdir():
+                dst = tmp / entry.name
+                if os.path.lexists(dst):
+                    continue
+                if entry.is_symlink():
+                    os.symlink(os.readlink(entry), dst)
+                elif entry.is_dir():
+                    shutil.copytree(entry, dst, symlinks=True)
+                else:
+                    try:
+                        os.link(entry, dst)
+                    except OSError:
+                        shutil.copy2(entry, dst)
+
+
+@contextlib.contextmanager
+def atomic_files(*finals: str | Path) -> Iterator[list[Path]]:
+    """Temporary paths for files that belong together; those sharing a directory
+    are published in one `atomic_group` swap of it, and nothing is published
+    unless the whole block succeeds."""
+    finals_ = [Path(f) for f in finals]
+    with contextlib.ExitStack() as stack:
+        tmp = {
+            parent: stack.enter_context(atomic_group(parent))
+            for parent in dict.fromkeys(f.parent for f in finals_)
+        }
+        yield [tmp[f.parent] / f.name for f in finals_]
 
 
 def save_model(model, path: str | Path) -> None:

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
 from fer_tasks.data import eval_dataset, train_dataset
-from fer_tasks.io import atomic_path, load_split, read_json, save_model, write_json
+from fer_tasks.io import atomic_group, atomic_path, load_split, read_json, save_model, write_json
 from fer_tasks.model import compile_model, unfreeze_model
 from fer_tasks.params import PhaseParams
 
@@ -127,24 +127,40 @@ class _Checkpoint(keras.callbacks.Callback):
             )
 
 
+def publish_live(live_dir: Path, rows: list[dict], summary: dict | None = None) -> None:
+    """Write the dvclive directory (metrics.json, plots/metrics/*.tsv) for `rows`,
+    one per epoch with the global epoch as the step, and swap it in whole.
+
+    Rewritten from the full history each time: a few dozen rows, and no file is
+    ever seen half-written or from two different epochs.
+    """
+    from dvclive import Live
+
+    with atomic_path(live_dir) as tmp:
+        live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False, report=None)
+        for row in rows:
+            live.step = row["epoch"]
+            for k in (*HISTORY_KEYS, "learning_rate"):
+                if k in row:
+                    live.log_metric(
+                        f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", row[k]
+                    )
+        for k, v in (summary or {}).items():
+            live.summary[k] = v
+        live.make_summary()
+        if summary is not None:
+            _write_history_csv(tmp / "history.csv", rows)
+
+
 class _LiveLogger(keras.callbacks.Callback):
-    """dvclive per-epoch metrics with the global epoch as the step."""
+    """Publishes the dvclive directory after every epoch (curves join across phases)."""
 
-    def __init__(self, live):
+    def __init__(self, live_dir: Path, before: list[dict], history: list[dict]):
         super().__init__()
-        self.live = live
-
-    def log_row(self, row: dict) -> None:
-        self.live.step = row["epoch"]
-        for k in (*HISTORY_KEYS, "learning_rate"):
-            if k in row:
-                self.live.log_metric(
-                    f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", row[k]
-                )
-        self.live.make_summary()
+        self.live_dir, self.before, self.history = live_dir, before, history
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        self.log_row(self.model_history[-1])
+        publish_live(self.live_dir, self.before + self.history)
 
 
 def _load_checkpoint(ckpt_dir: Path, fingerprint: str, target_epoch: int):
@@ -209,7 +225,6 @@ def train_phase(
     params: PhaseParams,
 ) -> dict:
     """Run one phase; write out_dir/{model.keras,state.json} and dvclive logs in live_dir."""
-    from dvclive import Live
     from sklearn.metrics import f1_score
 
     parent_dir, out_dir, ckpt_dir, live_dir = map(Path, (parent_dir, out_dir, ckpt_dir, live_dir))
@@ -237,11 +252,7 @@ def train_phase(
 
     x_train, y_train = load_split(train_path)
     x_val, y_val = load_split(val_path)
-    live_dir.mkdir(parents=True, exist_ok=True)
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    logger = _LiveLogger(live)
-    for row in parent_state["history"] + own_history:  # curves join across phases
-        logger.log_row(row)
+    publish_live(live_dir, parent_state["history"] + own_history)
     if initial < target:
         ds, steps = train_dataset(
             x_train,
@@ -258,7 +269,7 @@ def train_phase(
             mixup=params.mixup,
         )
         ckpt = _Checkpoint(ckpt_dir, fingerprint, own_history, lr_fn)
-        logger.model_history = own_history
+        logger = _LiveLogger(live_dir, parent_state["history"], own_history)
         log.info(
             "phase %s: epochs %d-%d of %d, unfreeze=%r, %d trainable weights",
             name,
@@ -298,24 +309,21 @@ def train_phase(
     }
     guard = _collapse_check(pred, params, name)
     summary.update({k: guard[k] for k in ("max_class_share", "max_class", "collapsed")})
-    for k in ("val_macro_f1", "max_class_share"):
-        live.summary[k] = summary[k]
-    live.make_summary()  # recorded even when the guard fails the phase below
+    history = parent_state["history"] + [dict(r, phase=name) for r in own_history]
+    # recorded even when the guard fails the phase below
+    publish_live(live_dir, history, {k: summary[k] for k in ("val_macro_f1", "max_class_share")})
     if guard["collapsed"]:
         if params.on_collapse == "fail":
             raise CollapseError(guard["message"])
         log.warning(guard["message"])
 
-    with atomic_path(out_dir / "model.keras") as tmp:
-        save_model(model, tmp)
-    history = parent_state["history"] + [dict(r, phase=name) for r in own_history]
-    write_json(out_dir / "state.json", {**summary, "history": history})
-    _write_history_csv(live_dir / "history.csv", history)
+    with atomic_group(out_dir) as tmp:  # the pair the next phase reads, published together
+        save_model(model, tmp / "model.keras")
+        write_json(tmp / "state.json", {**summary, "history": history})
     return summary
 
 
 def _write_history_csv(path: Path, history: list[dict]) -> None:
     cols = ["epoch", "phase", *HISTORY_KEYS, "learning_rate"]
     lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in history]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")  # inside publish_live's temporary directory

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.io import atomic_path, load_split, save_split, write_json
+from fer_tasks.io import atomic_files, atomic_path, load_split, save_split, write_json
 from fer_tasks.params import RebalanceParams
 
 __all__ = ["rebalance"]
@@ -354,8 +354,10 @@ def rebalance(
         "weights": _by_name(weights),
     }
 
-    save_split(out_train, images, labels)
-    write_json(class_weights_path, _weights_json(params.method, weights))
+    # the pair a phase reads: published together (one swap when they share a folder)
+    with atomic_files(out_train, class_weights_path) as (train_tmp, weights_tmp):
+        save_split(train_tmp, images, labels)
+        write_json(weights_tmp, _weights_json(params.method, weights))
     write_json(report_json, report)
     _plot_counts(Path(report_png), before, after, f"training split: {params.method}")
     logger.info(

@@ -34,13 +34,16 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import NUM_CLASSES
-from fer_tasks.io import atomic_path, write_json
+from fer_tasks.io import atomic_files, atomic_group, write_json
 from fer_tasks.metrics import classification_metrics, write_confusion_csv, write_confusion_png
 from fer_tasks.params import SvmParams
 
 __all__ = ["build_pipeline", "stratified_subsample", "train_svm"]
 
 log = logging.getLogger(__name__)
+
+# written under --reports and published together (one swap of that folder)
+REPORT_FILES = ("metrics.json", "confusion.csv", "confusion.png")
 
 EVAL_SPLITS = ("val", "test")
 
@@ -185,14 +188,11 @@ def train_svm(features_dir: Path, out_dir: Path, reports_dir: Path, params: SvmP
         }
     )
 
-    with atomic_path(out_dir / "model.joblib") as tmp:
-        joblib.dump(model, tmp)
-    write_json(reports_dir / "metrics.json", metrics)
+    with atomic_group(out_dir) as tmp:
+        joblib.dump(model, tmp / "model.joblib")
     cm_split = "test" if "test" in preds else "val"
-    write_confusion_csv(reports_dir / "confusion.csv", *preds[cm_split])
-    write_confusion_png(
-        reports_dir / "confusion.png",
-        *preds[cm_split],
-        title=f"SVM ({params.kernel}) on {cm_split}",
-    )
+    with atomic_files(*(reports_dir / f for f in REPORT_FILES)) as (m, cm_csv, cm_png):
+        write_json(m, metrics)
+        write_confusion_csv(cm_csv, *preds[cm_split])
+        write_confusion_png(cm_png, *preds[cm_split], title=f"SVM ({params.kernel}) on {cm_split}")
     return metrics
