@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from fer_tasks.params import Params, ParamsError, load_params
+from fer_tasks.quiet import filtered_stderr, show_tf_logs
 
 log = logging.getLogger("fer")
 
@@ -306,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # TensorFlow's start-up notices that TF_CPP_MIN_LOG_LEVEL cannot hide (no CUDA
+    # driver, cuInit, ...) are dropped from stderr unless -v or FER_TF_LOGS=1 (quiet.py)
+    with filtered_stderr(enabled=not show_tf_logs(args.verbose)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "predict":  # no params file needed, and no TensorFlow for a .tflite
         return _cmd_predict(args)
     try:
