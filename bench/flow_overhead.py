@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fer_tasks.lib import dvc_adapter as dvc
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -50,7 +52,7 @@ STAGES = {  # name: (params section, parent stage or None)
 
 def _stages() -> dict[str, tuple[str, str | None]]:
     """STAGES plus two phase stages reading the first two phases of params.yaml."""
-    from fer_tasks.params import load_params
+    from fer_tasks.lib.params import load_params
 
     first, second = (load_params(ROOT / "params.yaml").finetune.order() + [None])[:2]
     stages = {**STAGES, "phase_a": (f"finetune.phases.{first}", "base")}
@@ -110,8 +112,9 @@ def synthetic_project(path: Path) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", **extra}
+    """The adapter's environment without the caller's PREFECT_* settings (plus `extra`)."""
+    env = {k: v for k, v in dvc.env().items() if not k.startswith("PREFECT_")}
+    return {**env, **extra}
 
 
 def _free_port() -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,21 +32,16 @@ from pathlib import Path
 
 import yaml
 
+from fer_tasks.lib import dvc_adapter as dvc
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
 
 
 def _run(cmd: list[str], cwd: Path, log) -> tuple[float, list[str]]:
     """Run `cmd`, return (seconds, stages DVC ran)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=dvc.env(), capture_output=True, text=True)
     dt = time.perf_counter() - t0
     log.write(
         f"$ {' '.join(cmd)}  ({dt:.1f} s, rc {proc.returncode})\n{proc.stdout}\n{proc.stderr}\n"
@@ -73,7 +67,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "incremental.json")
     args = ap.parse_args()
 
-    from fer_tasks.compare import merge_params
+    from fer_tasks.lib.overlay import apply as merge_params
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fer_incr_"))
     if work.exists():

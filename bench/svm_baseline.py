@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fer_tasks.backbone import resolve_backbone
-from fer_tasks.features import extract_features
-from fer_tasks.params import ModelParams, PrepareParams, load_params
-from fer_tasks.prepare import prepare
-from fer_tasks.svm import train_svm
+from fer_tasks.lib.params import ModelParams, PrepareParams, load_params
+from fer_tasks.stages.backbone import resolve_backbone
+from fer_tasks.stages.features import extract_features
+from fer_tasks.stages.prepare import prepare
+from fer_tasks.stages.svm import train_svm
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "../shared/datasets/fer2013/fer2013.csv.gz"
 

@@ -28,8 +28,8 @@ DEFAULT_CSV = ROOT / "../shared/datasets/fer2013/fer2013.csv.gz"
 _MEM_CHILD = """
 import sys, json, resource
 from pathlib import Path
-from fer_tasks.phase import train_phase
-from fer_tasks.params import PhaseParams
+from fer_tasks.stages.phase import train_phase
+from fer_tasks.lib.params import PhaseParams
 d, work = Path(sys.argv[1]), Path(sys.argv[2])
 p = PhaseParams(after="base", unfreeze="top", epochs=1, steps_per_epoch=int(sys.argv[3]),
                 on_collapse="warn")
@@ -58,9 +58,9 @@ class _EpochTimer:
 
 
 def _model(size: int):
-    from fer_tasks.backbones import build_backbone
-    from fer_tasks.model import build_model, compile_model, unfreeze_model
-    from fer_tasks.params import BaseModelParams, ModelParams
+    from fer_tasks.lib.backbones import build_backbone
+    from fer_tasks.lib.model import build_model, compile_model, unfreeze_model
+    from fer_tasks.lib.params import BaseModelParams, ModelParams
 
     m = build_model(build_backbone(ModelParams(input_size=size)), BaseModelParams())
     unfreeze_model(m, "top")
@@ -79,7 +79,7 @@ def _plain(model, x, y, batch, epochs) -> float:
 
 
 def _pipeline(model, x, y, batch, epochs) -> float:
-    from fer_tasks.data import train_dataset
+    from fer_tasks.lib.data import train_dataset
 
     ds, steps = train_dataset(
         x, y, batch_size=batch, first_epoch=0, last_epoch=epochs, seed=0, augment=False
@@ -102,14 +102,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/train_throughput.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from fer_tasks.io import load_split, write_json
+    from fer_tasks.lib.io import load_split, write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = args.prepared
         if data is None:
-            from fer_tasks.params import PrepareParams
-            from fer_tasks.prepare import prepare
+            from fer_tasks.lib.params import PrepareParams
+            from fer_tasks.stages.prepare import prepare
 
             data = tmp / "prepared"
             prepare(args.csv, data, tmp / "prepare.json", PrepareParams())
@@ -128,9 +128,9 @@ def main() -> None:
             "ratio": round(max(piped) / max(plain), 3),
         }
         # peak memory of a real phase on the full training split at --mem-size
-        from fer_tasks.backbone import resolve_backbone
-        from fer_tasks.base import build_base
-        from fer_tasks.params import BaseModelParams, ModelParams
+        from fer_tasks.lib.params import BaseModelParams, ModelParams
+        from fer_tasks.stages.backbone import resolve_backbone
+        from fer_tasks.stages.base import build_base
 
         work = tmp / "mem"
         resolve_backbone(work / "bb.keras", ModelParams(input_size=args.mem_size))

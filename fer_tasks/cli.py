@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from fer_tasks.params import Params, ParamsError, load_params
-from fer_tasks.quiet import filtered_stderr, show_tf_logs
+from fer_tasks.lib.params import Params, ParamsError, load_params
+from fer_tasks.lib.quiet import filtered_stderr, show_tf_logs
 
 log = logging.getLogger("fer")
 
@@ -25,19 +25,19 @@ def _cmd_validate(a: argparse.Namespace, p: Params) -> None:
 
 
 def _cmd_synthesize(a, p):
-    from fer_tasks.synthesize import synthesize
+    from fer_tasks.stages.synthesize import synthesize
 
     synthesize(Path(a.out), p.synthesize)
 
 
 def _cmd_prepare(a, p):
-    from fer_tasks.prepare import prepare
+    from fer_tasks.stages.prepare import prepare
 
     prepare(Path(a.source or p.prepare.source), Path(a.out), Path(a.report), p.prepare)
 
 
 def _cmd_rebalance(a, p):
-    from fer_tasks.rebalance import rebalance
+    from fer_tasks.stages.rebalance import rebalance
 
     rebalance(
         Path(a.train),
@@ -50,31 +50,31 @@ def _cmd_rebalance(a, p):
 
 
 def _cmd_backbone(a, p):
-    from fer_tasks.backbone import resolve_backbone
+    from fer_tasks.stages.backbone import resolve_backbone
 
     resolve_backbone(Path(a.out), p.model)
 
 
 def _cmd_features(a, p):
-    from fer_tasks.features import extract_features
+    from fer_tasks.stages.features import extract_features
 
     extract_features(Path(a.backbone), Path(a.data), Path(a.out), p.features)
 
 
 def _cmd_svm(a, p):
-    from fer_tasks.svm import train_svm
+    from fer_tasks.stages.svm import train_svm
 
     train_svm(Path(a.features), Path(a.out), Path(a.reports), p.svm)
 
 
 def _cmd_base(a, p):
-    from fer_tasks.base import build_base
+    from fer_tasks.stages.base import build_base
 
     build_base(Path(a.backbone), Path(a.out), p.base)
 
 
 def _cmd_phase(a, p):
-    from fer_tasks.phase import train_phase
+    from fer_tasks.stages.phase import train_phase
 
     if a.name not in p.finetune.phases:
         raise ParamsError(f"{a.params}: finetune.phases has no phase {a.name!r}")
@@ -94,42 +94,43 @@ def _cmd_phase(a, p):
 
 
 def _cmd_evaluate(a, p):
-    from fer_tasks.evaluate import evaluate
+    from fer_tasks.stages.evaluate import evaluate
 
     svm = Path(a.svm_metrics) if a.svm_metrics else None
     evaluate(Path(a.model), Path(a.test), svm, Path(a.out), p.evaluate)
 
 
 def _cmd_summary(a, p):
-    from fer_tasks.evaluate import summarize
+    from fer_tasks.stages.evaluate import summarize
 
     summarize(Path(a.metrics), Path(a.svm_metrics), Path(a.out), a.model_name)
 
 
 def _cmd_export(a, p):
-    from fer_tasks.export import export_tflite
+    from fer_tasks.stages.export import export_tflite
 
     export_tflite(Path(a.model), Path(a.train), Path(a.test), Path(a.out), Path(a.report), p.export)
 
 
 def _cmd_predict(a) -> int:
     """Needs no params file; with a .tflite model it never imports TensorFlow."""
-    from fer_tasks.predict import predict
+    from fer_tasks.tools.predict import predict
 
     return predict([Path(x) for x in a.paths], Path(a.model), detect=a.detect, top=a.top)
 
 
 def _cmd_metrics(a, p):
-    from fer_tasks.report import metrics_table
+    from fer_tasks.tools.report import metrics_table
 
     print(metrics_table(Path(a.reports), p.finetune.order()))
 
 
 def _cmd_preset(a, p):
-    from fer_tasks.preset import apply_preset, available
+    from fer_tasks.lib import overlay
+    from fer_tasks.tools.preset import apply_preset
 
     if a.list or a.name is None:
-        print("\n".join(available()))
+        print("\n".join(f"{n:<20} {overlay.describe(n)}" for n in overlay.available()))
         return
     changes = apply_preset(a.name, Path(a.params), a.source)
     print(f"{a.params}: preset {a.name} applied, {len(changes)} change(s)")
@@ -139,7 +140,7 @@ def _cmd_preset(a, p):
 
 
 def _cmd_compare(a, p):
-    from fer_tasks.compare import run_from_args
+    from fer_tasks.tools.compare import run_from_args
 
     run_from_args(a)
 
@@ -287,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--list", action="store_true", help="list the shipped presets")
     sp.add_argument("--source", help="also set prepare.source (e.g. data/raw/fer2013.csv)")
     sp.set_defaults(fn=_cmd_preset)
-    from fer_tasks.compare import add_arguments as add_compare_arguments
+    from fer_tasks.tools.compare import add_arguments as add_compare_arguments
 
     sp = sub.add_parser(
         "compare",

@@ -1,26 +1,25 @@
 """The DVC stage graph as a Prefect flow: one task run per stage; DVC decides what is stale.
 
-`fer_pipeline` asks DVC once, in-process, for `dvc repro`'s plan (the stages of
-`dvc.yaml`, read from it, never listed here) and for what changed
-(`Repo.status()`, what `dvc status` prints). A changed stage and
-everything downstream of it is *possibly stale* and runs as
-`dvc --wait-for-lock repro --single-item <stage>`, so DVC re-checks it (it may
-still skip it, or restore it from the run-cache), runs its command and writes
-`dvc.lock` exactly as `dvc repro` does. Every other stage is reported as a
-`Cached` task run without starting a process, so a fully cached pipeline costs
-one status check. Independent branches (the SVM baseline next to fine-tuning)
-run side by side; stages with no `dvc.lock` entry yet run in `dvc repro`'s own
-order, so a freshly written lock file matches byte for byte.
+`fer_pipeline` asks DVC for `dvc repro`'s plan (the stages of `dvc.yaml`, read
+from it, never listed here) and for what changed (`dvc status`), through
+fer_tasks/lib/dvc_adapter.py. A changed stage and everything downstream of it
+is *possibly stale* and runs as `dvc --wait-for-lock repro --single-item
+<stage>`, so DVC re-checks it (it may still skip it, or restore it from the
+run-cache), runs its command and writes `dvc.lock` exactly as `dvc repro`
+does. Every other stage is reported as a `Cached` task run without starting a
+stage, so a fully cached pipeline costs three read-only DVC commands.
+Independent branches (the SVM baseline next to fine-tuning) run side by side;
+stages with no `dvc.lock` entry yet run in `dvc repro`'s own order, so a
+freshly written lock file matches byte for byte.
 
-Parameter overrides use `dvc exp run -S` syntax (`key=value`, applied by DVC's
-own `-S` code) and run as a DVC experiment, like `dvc exp run --temp -S ...`:
-in a temporary clone of the workspace (HEAD plus uncommitted changes) that
-shares its DVC cache, saved with `dvc exp save` and fetched back as an
-experiment ref (`dvc exp show`, `dvc exp apply <name>`). The workspace, its
-`params.yaml` and `dvc.lock` are left untouched.
+Parameter overrides use `dvc exp run -S` syntax (`key=value`), are checked
+like `fer validate` before any work, and run as `dvc exp run --temp -S ...`:
+a DVC experiment in a temporary copy of the workspace (`dvc exp show`, `dvc
+exp apply <name>`), one task whose per-stage results come from DVC's output.
+The workspace, its `params.yaml` and `dvc.lock` are left untouched.
 
 One run at a time per workspace: an exclusive file lock (`.dvc/tmp/fer-flow.lock`)
-makes a second run wait (experiments hold it only while pulling and copying).
+makes a second run wait.
 
     python -m flows.pipeline                      # like `dvc repro`
     python -m flows.pipeline -S svm.C=0.5         # like `dvc exp run --temp -S svm.C=0.5`
@@ -32,20 +31,15 @@ import argparse
 import fcntl
 import json
 import os
-import shutil
-import subprocess
+import re
 import sys
-import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -54,12 +48,13 @@ from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from fer_tasks.params import parse_params, read_yaml
+from fer_tasks.lib import dvc_adapter as dvc
+from fer_tasks.lib import overlay
+from fer_tasks.lib.params import parse_params, read_yaml
+from fer_tasks.lib.reports import Reader, files, read_metrics
 
 LOCK_FILE = ".dvc/tmp/fer-flow.lock"  # under .dvc/tmp: ignored by git and DVC
-EXPERIMENTS_DIR = ".dvc/tmp/fer-flows"  # temporary experiment workspaces
 MAX_PARALLEL = 2  # stage processes at once (independent branches only)
-TAIL_LINES = 40  # output lines of a failing stage carried in its exception
 # only tasks that talk to remote storage retry: 10 s, 20 s, 40 s (+-20 %)
 REMOTE_RETRIES = dict(
     retries=3,
@@ -67,6 +62,7 @@ REMOTE_RETRIES = dict(
     retry_jitter_factor=0.2,
     cache_policy=NO_CACHE,  # DVC is the cache of record, not Prefect
 )
+_EXPERIMENT = re.compile(r"^Ran experiment\(s\): (\S+)")
 
 
 class StageFailed(RuntimeError):
@@ -80,92 +76,6 @@ class StageResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class Plan:
-    order: list[str]  # `dvc repro`'s order: every stage after the stages it depends on
-    upstream: dict[str, list[str]]
-    stale: set[str]  # changed according to DVC, plus everything downstream of those
-    new: set[str]  # pipeline stages without an entry in dvc.lock yet
-
-
-# --- DVC, in-process and as subprocesses --------------------------------------------------
-
-
-def plan_stages(workspace: Path) -> Plan:
-    """Ask DVC once, in-process, for `dvc repro`'s plan and which of its stages changed."""
-    import networkx as nx
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.repo import Repo, lock_repo
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-    from dvc.stage import PipelineStage
-
-    with Repo(str(workspace)) as repo, lock_repo(repo):  # one index for plan and status
-        project_file = os.path.join(repo.root_dir, PROJECT_FILE)  # what bare `dvc repro` runs
-        graph = get_active_graph(repo.index.graph)  # edge: stage -> stage making its dep
-        steps = plan_repro(graph, collect_stages(repo, [project_file]))  # `dvc repro`'s order
-        changed = repo.status(targets=[project_file], with_deps=True)  # keys: cwd-relative
-        graph = graph.subgraph(steps)
-        name = {s: _address(s, Path(repo.root_dir)) for s in steps}
-        stale = {
-            name[d] for s in steps if s.addressing in changed for d in {s, *nx.ancestors(graph, s)}
-        }
-        locks: dict[Path, dict] = {}
-        new = set()
-        for s in steps:
-            if isinstance(s, PipelineStage):
-                lock = Path(s.path).with_name("dvc.lock")
-                if lock not in locks:
-                    locks[lock] = yaml.safe_load(lock.read_text()) if lock.exists() else None
-                if s.name not in ((locks[lock] or {}).get("stages") or {}):
-                    new.add(name[s])
-        return Plan(
-            order=[name[s] for s in steps],
-            upstream={name[s]: sorted(name[u] for u in graph.successors(s)) for s in steps},
-            stale=stale,
-            new=new,
-        )
-
-
-def _address(stage: Any, root: Path) -> str:
-    """`dvc repro` target of a stage, relative to the repository root (not to the cwd)."""
-    from dvc.stage import PipelineStage
-
-    rel = Path(os.path.relpath(stage.path, root)).as_posix()
-    if isinstance(stage, PipelineStage):
-        return stage.name if rel == "dvc.yaml" else f"{rel}:{stage.name}"
-    return rel
-
-
-def default_remote(workspace: Path) -> str | None:
-    """The workspace's default DVC remote (`dvc remote default`), or None."""
-    from dvc.repo import Repo
-
-    with Repo(str(workspace)) as repo:
-        return repo.config["core"].get("remote")
-
-
-def _env() -> dict[str, str]:
-    # stage commands call `fer` and `dvc` from this interpreter's environment
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def _run(cwd: Path, *args: str) -> str:
-    """Run a command, return its stdout; raise with its output's tail when it fails."""
-    r = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
-    if r.returncode:
-        tail = "\n".join((r.stdout + r.stderr).splitlines()[-TAIL_LINES:])
-        raise RuntimeError(f"`{' '.join(args)}` exited {r.returncode} in {cwd}:\n{tail}")
-    return r.stdout
-
-
-def _dvc(cwd: Path, *args: str) -> str:
-    return _run(cwd, sys.executable, "-m", "dvc", *args)
-
-
 # --- tasks -----------------------------------------------------------------------------
 
 
@@ -177,46 +87,56 @@ def dvc_stage(stage: str, workspace: Path, stale: bool) -> StageResult | State:
             name="Cached", message="up to date in dvc.lock", data=StageResult(stage, "cached")
         )
     log = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    status, start = "cached", time.perf_counter()
-    with subprocess.Popen(
-        cmd, cwd=workspace, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            log.info(line)
-            if line.startswith("Running stage '"):
-                status = "ran"
-            elif "is cached - skipping run" in line:
-                status = "restored"
-    result = StageResult(stage, status, round(time.perf_counter() - start, 2))
-    if proc.returncode:
+    res = dvc.stream(
+        workspace, ["--wait-for-lock", "repro", "--single-item", stage], on_line=log.info
+    )
+    if res.rc:
         raise StageFailed(
             f"stage {stage!r} failed: `dvc repro --single-item {stage}` exited "
-            f"{proc.returncode} in {workspace}; last output:\n" + "\n".join(tail)
+            f"{res.rc} in {workspace}; last output:\n" + "\n".join(res.tail)
         )
-    if status == "ran":
-        return result
-    message = "restored from the DVC run-cache" if status == "restored" else "DVC: unchanged"
+    if stage in res.stages:
+        return StageResult(stage, "ran", round(res.wall_s, 2))
+    restored = stage in res.restored
+    message = "restored from the DVC run-cache" if restored else "DVC: unchanged"
+    result = StageResult(stage, "restored" if restored else "cached", round(res.wall_s, 2))
     return Completed(name="Cached", message=message, data=result)
+
+
+@task(task_run_name="dvc exp run {name}", cache_policy=NO_CACHE)
+def dvc_experiment(workspace: Path, name: str | None, set_params: list[str]) -> dict:
+    """`dvc exp run --temp`: the whole pipeline as one DVC experiment; per-stage seconds."""
+    lines: list[str] = []
+    log = get_run_logger()
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        log.info(line)
+
+    res = dvc.stream(workspace, dvc.exp_run_args(name, set_params, temp=True), on_line=on_line)
+    if res.rc:
+        failed = list(res.stages)[-1] if res.stages else "?"
+        raise StageFailed(
+            f"stage {failed!r} failed: `dvc exp run --temp` exited {res.rc} in {workspace}; "
+            "last output:\n" + "\n".join(res.tail)
+        )
+    names = [m.group(1) for line in lines if (m := _EXPERIMENT.match(line))]
+    return {"experiment": names[-1] if names else name, "stages": res.stages}
 
 
 @task(**REMOTE_RETRIES)
 def dvc_pull(workspace: Path, remote: str) -> None:
     """Fetch inputs and cached outputs from the DVC remote (network I/O: retried)."""
-    get_run_logger().info(_dvc(workspace, "pull", "--allow-missing", "--remote", remote))
+    get_run_logger().info(dvc.dvc(workspace, "pull", "--allow-missing", "--remote", remote))
 
 
 @task(**REMOTE_RETRIES)
 def dvc_push(workspace: Path, remote: str) -> None:
-    """Upload the run's outputs to the DVC remote (network I/O: retried)."""
-    get_run_logger().info(_dvc(workspace, "push", "--remote", remote))
+    """Upload the outputs and the run-cache (an experiment's stages) to the DVC remote."""
+    get_run_logger().info(dvc.dvc(workspace, "push", "--run-cache", "--remote", remote))
 
 
-# --- workspace lock, parameter overrides, experiment workspaces ---------------------------
+# --- workspace lock, parameter overrides ---------------------------------------------------
 
 
 @contextmanager
@@ -251,124 +171,35 @@ def workspace_lock(workspace: Path, timeout_s: float) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def override_params(params_file: Path, overrides: list[str]) -> str:
-    """`params.yaml` with `-S key=value` overrides applied as `dvc exp run -S` does, validated."""
-    keys = [o.removeprefix(f"{params_file.name}:") for o in overrides]
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / params_file.name
-        shutil.copyfile(params_file, copy)
-        if keys:
-            from dvc.utils.hydra import apply_overrides
-
-            try:
-                apply_overrides(copy, keys)
-            except Exception as err:  # DVC wraps Hydra's message; surface both
-                cause = f": {err.__cause__}" if err.__cause__ else ""
-                raise ValueError(f"-S {' '.join(overrides)}: {err}{cause}") from None
-        text = copy.read_text()
+def override_params(params_file: Path, overrides: list[str]) -> dict:
+    """The `-S key=value` overrides as an overlay, checked like `fer validate` with it applied."""
+    over = overlay.parse_set(overrides)
     where = f"{params_file} with -S {' '.join(overrides)}" if overrides else params_file
-    parse_params(read_yaml(text), where, text)  # the same checks as `fer validate`
-    return text
+    parse_params(overlay.apply(read_yaml(params_file.read_text()), over), where)
+    return over
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    path: Path
-    untracked: list[str]  # files git does not track that came from the workspace
+def read_report_metrics(read: Reader) -> dict[str, dict[str, Any]]:
+    """Accuracy, macro-F1 and per-class recall of every model with metrics (lib/reports.py)."""
+    text = read("params.yaml")
+    phases = parse_params(read_yaml(text)).finetune.chain() if text else []
+    return {
+        m.name: {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "recall": m.recall}
+        for m in read_metrics(read, phases)
+    }
 
 
-def snapshot_workspace(workspace: Path, params_text: str) -> Snapshot:
-    """A temporary clone of the workspace (HEAD + uncommitted changes) sharing its DVC cache."""
-    from dvc.repo import Repo
+def experiment_files(workspace: Path, name: str) -> Reader:
+    """A reader of experiment `name`'s commit (of the workspace's HEAD), via dvc.api."""
+    ref = dvc.exp_ref(dvc.git(workspace, "rev-parse", "HEAD"), name)
 
-    git_head = ["git", "rev-parse", "--verify", "-q", "HEAD"]
-    head = subprocess.run(git_head, cwd=workspace, capture_output=True, text=True).stdout.strip()
-    if not head:
-        raise RuntimeError(
-            f"{workspace}: parameter overrides run as a DVC experiment, which needs a git "
-            "commit to start from (like `dvc exp run`); commit first"
-        )
-    with Repo(str(workspace)) as repo:
-        cache_dir = repo.cache.local_cache_dir
-        # outputs with `cache: false` (phase checkpoints) cannot be checked out: copy them
-        uncached = [
-            Path(out.fs_path).relative_to(repo.root_dir)
-            for stage in repo.index.stages
-            for out in stage.outs
-            if not out.use_cache
-        ]
-    root = workspace / EXPERIMENTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="exp-", dir=root))
-    try:
-        _run(root, "git", "clone", "-q", "--shared", "--no-checkout", str(workspace), str(path))
-        _run(path, "git", "checkout", "-q", "--detach", head)
-        changed = _run(workspace, "git", "ls-files", "-z", "--modified", "--exclude-standard")
-        untracked = _run(workspace, "git", "ls-files", "-z", "--others", "--exclude-standard")
-        for rel in {*changed.split("\0"), *untracked.split("\0"), ".dvc/config.local"} - {""}:
-            src, dst = workspace / rel, path / rel
-            if src.is_file():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-            elif not src.exists():
-                dst.unlink(missing_ok=True)
-        for rel in uncached:
-            if (workspace / rel).is_dir():
-                shutil.copytree(workspace / rel, path / rel, dirs_exist_ok=True)
-            elif (workspace / rel).is_file():
-                (path / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(workspace / rel, path / rel)
-        (path / "params.yaml").write_text(params_text)
-        _dvc(path, "config", "--local", "cache.dir", cache_dir)
-        _dvc(path, "checkout", "--allow-missing", "--quiet")
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
-    return Snapshot(path, sorted(set(untracked.split("\0")) - {""}))
+    def read(rel: str) -> str | None:
+        try:
+            return dvc.read(workspace, rel, ref)
+        except Exception:  # noqa: BLE001 - not in that commit
+            return None
 
-
-def save_experiment(snapshot: Snapshot, workspace: Path, name: str | None) -> str:
-    """`dvc exp save` in the clone, then fetch the experiment ref into the workspace."""
-    args = ["exp", "save", "--json", *(["--name", name] if name else [])]
-    for rel in snapshot.untracked:
-        args += ["--include-untracked", rel]
-    sha = json.loads(_dvc(snapshot.path, *args))["ref"]  # the experiment's commit
-    refs = _run(snapshot.path, "git", "for-each-ref", "--format=%(refname)", "--points-at", sha)
-    (ref,) = [r for r in refs.split() if r.startswith("refs/exps/") and r.count("/") == 4]
-    _run(workspace, "git", "fetch", "-q", str(snapshot.path), f"{ref}:{ref}")
-    return ref.rsplit("/", 1)[-1]  # refs/exps/<baseline[:2]>/<baseline[2:]>/<name>
-
-
-# --- report ------------------------------------------------------------------------------
-
-
-def read_metrics(workspace: Path) -> dict[str, dict[str, Any]]:
-    """Accuracy, macro-F1 and per-class recall from every reports/**/metrics.json."""
-    rows: dict[str, dict[str, Any]] = {}
-
-    def visit(label: str, d: dict) -> None:
-        if "accuracy" in d or "macro_f1" in d:
-            per_class = d.get("per_class") or {}
-            rows[label] = {
-                "accuracy": d.get("accuracy"),
-                "macro_f1": d.get("macro_f1"),
-                "recall": {c: v["recall"] for c, v in per_class.items() if "recall" in v},
-            }
-        elif "val_accuracy" in d or "val_macro_f1" in d:  # a phase's dvclive summary
-            rows[f"{label} val"] = {
-                "accuracy": d.get("val_accuracy"),
-                "macro_f1": d.get("val_macro_f1"),
-                "recall": {},
-            }
-        for key, value in d.items():
-            if isinstance(value, dict) and key != "per_class":
-                visit(f"{label} {key}", value)
-
-    for path in sorted((workspace / "reports").glob("**/metrics.json")):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            visit(path.parent.relative_to(workspace / "reports").as_posix(), data)
-    return rows
+    return read
 
 
 def render_report(summary: dict[str, Any]) -> str:
@@ -412,7 +243,7 @@ def _log(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _run_stages(plan: Plan, workspace: Path) -> tuple[list[StageResult], BaseException | None]:
+def _run_stages(plan: dvc.Plan, workspace: Path) -> tuple[list[StageResult], BaseException | None]:
     """Submit every stage after its upstream stages; collect results and the first failure."""
     futures: dict[str, PrefectFuture] = {}
     previous_new = None
@@ -436,25 +267,23 @@ def _run_stages(plan: Plan, workspace: Path) -> tuple[list[StageResult], BaseExc
     return results, failure
 
 
-def _reproduce(
-    run_dir: Path, remote: str | None, overrides: list[str], save: Callable[[], str] | None
+def _summary(
+    workspace: Path, results: list[StageResult], read: Reader, **extra: Any
 ) -> dict[str, Any]:
-    """Run the stages in `run_dir`, save the experiment, push, and publish the report."""
-    results, failure = _run_stages(plan_stages(run_dir), run_dir)
-    summary: dict[str, Any] = {
-        "workspace": str(run_dir),
-        "overrides": overrides,
+    return {
+        "workspace": str(workspace),
         "experiment": None,
-        "remote": remote,
+        **extra,
         "stages": [asdict(r) for r in results],
         "ran": [r.stage for r in results if r.status == "ran"],
         "cached": [r.stage for r in results if r.status in ("cached", "restored")],
-        "metrics": read_metrics(run_dir),
+        "metrics": read_report_metrics(read),
     }
-    if failure is None and save:
-        summary["experiment"] = save()
-    if failure is None and remote:
-        dvc_push(run_dir, remote)
+
+
+def _publish(summary: dict[str, Any], failure: BaseException | None) -> dict[str, Any]:
+    if failure is None and summary["remote"]:
+        dvc_push(Path(summary["workspace"]), summary["remote"])
     create_markdown_artifact(
         markdown=render_report(summary), key="fer-pipeline-report", description="stages and metrics"
     )
@@ -474,21 +303,33 @@ def fer_pipeline(
     """Reproduce the DVC pipeline, one task run per stage; overrides run as a DVC experiment."""
     workspace = workspace.resolve()
     overrides = list(overrides or [])
-    params_text = override_params(workspace / "params.yaml", overrides)  # before any work
+    over = override_params(workspace / "params.yaml", overrides)  # before any work
     with workspace_lock(workspace, lock_timeout_s):
-        remote = remote or default_remote(workspace)
+        remote = remote or dvc.default_remote(workspace)
         if remote:
             dvc_pull(workspace, remote)
+        plan = dvc.plan(workspace)
         if not (overrides or experiment_name):
-            return _reproduce(workspace, remote, overrides, save=None)
-        snapshot = snapshot_workspace(workspace, params_text)
-    # the experiment runs in its own clone: the next run may have the workspace meanwhile
-    try:
-        save = partial(save_experiment, snapshot, workspace, experiment_name)
-        summary = _reproduce(snapshot.path, remote, overrides, save=save)
-        return {**summary, "workspace": str(workspace)}
-    finally:
-        shutil.rmtree(snapshot.path, ignore_errors=True)
+            results, failure = _run_stages(plan, workspace)
+            summary = _summary(workspace, results, files(workspace), remote=remote, overrides=[])
+            return _publish(summary, failure)
+        state = dvc_experiment(
+            workspace, experiment_name, overlay.to_set_params(over), return_state=True
+        )
+        exp = state.result(raise_on_failure=False) if state.is_completed() else {"stages": {}}
+        results = [
+            StageResult(s, "ran", round(exp["stages"][s], 2))
+            if s in exp["stages"]
+            else StageResult(s, "cached")
+            for s in plan.order
+        ]
+        failure = None if state.is_completed() else state.result(raise_on_failure=False)
+        name = exp.get("experiment")
+        read = experiment_files(workspace, name) if name else (lambda rel: None)
+        summary = _summary(
+            workspace, results, read, remote=remote, overrides=overrides, experiment=name
+        )
+        return _publish(summary, failure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def make_splits(root: Path, n_train: int = 210, n_val: int = 70, seed: int = 0) -> dict[str, Path]:
     """Learnable tiny splits: the class sets the brightness of a band; noise elsewhere."""
-    from fer_tasks.io import save_split, write_json
+    from fer_tasks.lib.io import save_split, write_json
 
     rng = np.random.default_rng(seed)
     paths = {}

@@ -4,14 +4,14 @@ import time
 
 import pytest
 
-from fer_tasks.params import BaseModelParams, ModelParams
+from fer_tasks.lib.params import BaseModelParams, ModelParams
 
 
 @pytest.mark.slow
 def test_b0_write_up_layer_counts():
     """6 / 19 / 78 layers from the end are block-top / block 7 / block 6 of EfficientNetB0."""
-    from fer_tasks.backbones import build_backbone
-    from fer_tasks.model import build_model
+    from fer_tasks.lib.backbones import build_backbone
+    from fer_tasks.lib.model import build_model
 
     model = build_model(
         build_backbone(ModelParams(backbone="efficientnet_b0", weights="none")), BaseModelParams()
@@ -24,8 +24,8 @@ def test_b0_write_up_layer_counts():
 
 @pytest.mark.slow
 def test_lite0_blocks_named_like_b0():
-    from fer_tasks.backbones import build_backbone
-    from fer_tasks.model import build_model, unfreeze_model
+    from fer_tasks.lib.backbones import build_backbone
+    from fer_tasks.lib.model import build_model, unfreeze_model
 
     model = build_model(build_backbone(ModelParams()), BaseModelParams())
     assert unfreeze_model(model, "block7") > 0
@@ -37,8 +37,8 @@ def test_lite0_blocks_named_like_b0():
 def test_b0_imagenet_offline_fails_fast_with_remedy(tmp_path):
     """No cached file and no network: a clear error within seconds, naming the cache path."""
     code = (
-        "from fer_tasks.backbones import build_backbone, BackboneError\n"
-        "from fer_tasks.params import ModelParams\n"
+        "from fer_tasks.lib.backbones import build_backbone, BackboneError\n"
+        "from fer_tasks.lib.params import ModelParams\n"
         "try:\n"
         "    build_backbone(ModelParams(backbone='efficientnet_b0', weights='imagenet'))\n"
         "except BackboneError as e:\n"
@@ -74,9 +74,9 @@ def test_b0_imagenet_offline_fails_fast_with_remedy(tmp_path):
 @pytest.mark.parametrize("size", [48, 96])
 def test_base_layer_counts_that_validation_uses(backbone, size):
     """params.BASE_LAYERS lets `fer validate` check an unfreeze count without TensorFlow."""
-    from fer_tasks.backbones import build_backbone
-    from fer_tasks.model import build_model
-    from fer_tasks.params import BASE_LAYERS
+    from fer_tasks.lib.backbones import build_backbone
+    from fer_tasks.lib.model import build_model
+    from fer_tasks.lib.params import BASE_LAYERS
 
     p = ModelParams(backbone=backbone, weights="none", input_size=size)
     model = build_model(build_backbone(p), BaseModelParams())

@@ -53,8 +53,8 @@ def test_real_pipeline_work_clone_is_the_project_with_the_preset_and_the_csv(
     import real_pipeline
     import yaml
 
-    from fer_tasks.params import SynthesizeParams, load_params
-    from fer_tasks.synthesize import synthesize
+    from fer_tasks.lib.params import SynthesizeParams, load_params
+    from fer_tasks.stages.synthesize import synthesize
 
     csv = tmp_path / "faces.csv"
     synthesize(csv, SynthesizeParams(n_samples=70))

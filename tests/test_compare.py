@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_tasks import compare
-from fer_tasks.params import parse_params
+from fer_tasks.lib import dvc_adapter, overlay
+from fer_tasks.lib.params import parse_params
+from fer_tasks.tools import compare, compare_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -23,14 +24,14 @@ def _total(ft: dict) -> int:
 
 
 def test_the_five_configurations_ship_in_write_up_order():
-    assert compare.available()[:5] == WRITE_UP
+    assert overlay.available()[:5] == WRITE_UP
 
 
 @pytest.mark.parametrize("name", WRITE_UP)
 def test_each_configuration_merges_into_params_yaml_and_validates(name):
-    over = compare.load_config(name)
+    over = overlay.load(name)
     assert set(over) <= {"model", "finetune"}, "only the keys that differ"
-    p = parse_params(compare.merge_params(BASE, over))
+    p = parse_params(overlay.apply(BASE, over))
     assert set(p.finetune.phases) == set(over["finetune"]["phases"]), "phases replaced, not merged"
     chain = p.finetune.order()
     assert chain[-1] == p.finetune.final
@@ -61,8 +62,8 @@ def test_each_configuration_merges_into_params_yaml_and_validates(name):
 def test_epochs_scale_keeps_the_budget_and_at_least_one_epoch(factor, totals):
     got = []
     for name in WRITE_UP:
-        over = compare.resolve(BASE, name, factor, {"steps_per_epoch": 2})
-        parse_params(compare.merge_params(BASE, over))
+        over = overlay.resolve(BASE, name, factor, {"steps_per_epoch": 2})
+        parse_params(overlay.apply(BASE, over))
         assert all(
             p["epochs"] >= 1 and p["steps_per_epoch"] == 2
             for p in over["finetune"]["phases"].values()
@@ -73,13 +74,13 @@ def test_epochs_scale_keeps_the_budget_and_at_least_one_epoch(factor, totals):
 
 def test_bad_phase_set_and_bad_scale_and_unknown_config_fail_early():
     with pytest.raises(ValueError, match="phase params"):
-        compare._parse_phase_set(["stepz=2"])
+        overlay.parse_phase_set(["stepz=2"])
     with pytest.raises(ValueError, match="epochs-scale"):
-        compare.resolve(BASE, "EFN_base", 0.0)
-    with pytest.raises(ValueError, match="unknown configuration"):
-        compare.load_config("EFN_nope")
+        overlay.resolve(BASE, "EFN_base", 0.0)
+    with pytest.raises(ValueError, match="overlay .EFN_nope. not found"):
+        overlay.load("EFN_nope")
     with pytest.raises(ValueError, match="epochs"):
-        compare.resolve(BASE, "EFN_base", 1.0, compare._parse_phase_set(["epochs=0"]))
+        overlay.resolve(BASE, "EFN_base", 1.0, overlay.parse_phase_set(["epochs=0"]))
 
 
 @pytest.mark.parametrize("name", WRITE_UP)
@@ -87,18 +88,18 @@ def test_set_params_args_make_dvc_write_exactly_the_merged_params(tmp_path, name
     """`dvc exp run -S` as DVC applies it: the phase mapping is replaced, the rest kept."""
     from dvc.utils.hydra import apply_overrides
 
-    over = compare.resolve(BASE, name, 0.1, {"steps_per_epoch": 2})
+    over = overlay.resolve(BASE, name, 0.1, {"steps_per_epoch": 2})
     path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", path)
-    apply_overrides(path, compare.set_params_args(over))
-    assert yaml.safe_load(path.read_text()) == compare.merge_params(BASE, over)
+    apply_overrides(path, overlay.to_set_params(over))
+    assert yaml.safe_load(path.read_text()) == overlay.apply(BASE, over)
 
 
 @pytest.mark.parametrize("value", ['a"b', "c\\d", "e\\", 'f\\"g', "it's", "none", "1e-3", "true"])
 def test_hydra_strings_round_trip(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_override(f"k={compare._hydra(value)}").value()
+    parsed = OverridesParser.create().parse_override(f"k={overlay._hydra(value)}").value()
     assert parsed == value
 
 
@@ -112,7 +113,7 @@ def test_stage_seconds_from_dvc_output():
         (25.0, "Updating lock file 'dvc.lock'\n"),
         (26.0, "Running stage 'phase@all':\n"),
     ]
-    assert compare.stage_seconds(lines, end=36.0) == {
+    assert dvc_adapter.stage_seconds(lines, end=36.0) == {
         "base": 3.0,
         "phase@top": 20.0,
         "phase@all": 10.0,
@@ -157,7 +158,7 @@ def test_write_comparison_table_and_curves(tmp_path):
         }
         for name in curves
     ] + [{"config": "EFN_base_init", "wall_s": 3.0, "status": "failed (rc 1)"}]
-    paths = compare.write_comparison(rows, curves, tmp_path / "out", ["a note"])
+    paths = compare_report.write_comparison(rows, curves, tmp_path / "out", ["a note"])
     assert (
         paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         and paths["png"].stat().st_size > 10_000
@@ -201,7 +202,7 @@ def test_fer_compare_end_to_end(tmp_path):
         ROOT / "fer_tasks", repo / "fer_tasks", ignore=shutil.ignore_patterns("__pycache__")
     )
     (repo / "params.yaml").write_text(
-        yaml.safe_dump(compare.merge_params(BASE, TINY), sort_keys=False)
+        yaml.safe_dump(overlay.apply(BASE, TINY), sort_keys=False)
     )
     env = {
         **os.environ,
@@ -224,7 +225,7 @@ def test_fer_compare_end_to_end(tmp_path):
 
     # --target final: train the phases only (no features/SVM/evaluate) to stay quick
     run(
-        sys.executable, "-m", "fer_tasks.compare",
+        sys.executable, "-m", "fer_tasks.tools.compare",
         "--configs", "EFN_base", "EFN_2StepsToBlock7",
         "--epochs-scale", "0.05",
         "--phase-set", "steps_per_epoch=2",
@@ -245,12 +246,12 @@ def test_fer_compare_end_to_end(tmp_path):
     assert "| EFN_base |" in md and "| EFN_2StepsToBlock7 |" in md
     refs = run("git", "for-each-ref", "refs/exps", "--format=%(refname)").stdout.split()
     assert sorted(r.rsplit("/", 1)[1] for r in refs) == ["EFN_2StepsToBlock7", "EFN_base"]
-    assert yaml.safe_load((repo / "params.yaml").read_text()) == compare.merge_params(BASE, TINY)
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == overlay.apply(BASE, TINY)
 
     # the report rebuilds from the recorded runs and the experiment commits alone
     (out / "comparison.csv").unlink()
     (out / "curves.png").unlink()
-    run(sys.executable, "-m", "fer_tasks.compare", "--report-only",
+    run(sys.executable, "-m", "fer_tasks.tools.compare", "--report-only",
         "--configs", "EFN_base", "EFN_2StepsToBlock7")  # fmt: skip
     again = {r["config"]: r for r in csv.DictReader((out / "comparison.csv").open())}
     assert again == table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_tasks.data import _affine, train_dataset
+from fer_tasks.lib.data import _affine, train_dataset
 
 
 def _box_image() -> np.ndarray:
@@ -79,7 +79,7 @@ def test_mixup_blends_faces_and_labels_with_one_weight() -> None:
     # the pixels; no other augmentation (the _mixup helper alone)
     import tensorflow as tf
 
-    from fer_tasks.data import _mixup
+    from fer_tasks.lib.data import _mixup
 
     labels = np.arange(64) % 7
     x = np.broadcast_to((30.0 * labels)[:, None, None, None], (64, 48, 48, 1)).astype(np.float32)

@@ -36,7 +36,7 @@ def _imports(nodes: list[ast.AST]) -> set[str]:
             out |= {a.name for a in node.names if a.name.split(".")[0] == PKG}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PKG:
             out.add(node.module)
-            # `from fer_tasks import io` imports the module fer_tasks.io
+            # `from fer_tasks.lib import io` imports the module fer_tasks.lib.io
             out |= {f"{node.module}.{a.name}" for a in node.names}
     return {m for m in out if _module_file(m)}
 
@@ -88,14 +88,14 @@ def test_stage_deps_are_its_import_closure(name):
 def test_closure_sees_function_level_and_transitive_imports():
     # the derivation itself: phase.py imports model.py and data.py; nothing imports predict.py
     phase = command_closure("phase")
-    assert {"fer_tasks/phase.py", "fer_tasks/model.py", "fer_tasks/data.py"} <= phase
-    assert "fer_tasks/predict.py" not in phase
-    assert "fer_tasks/predict.py" in command_closure("export")
+    assert {"fer_tasks/stages/phase.py", "fer_tasks/lib/model.py", "fer_tasks/lib/data.py"} <= phase
+    assert "fer_tasks/tools/predict.py" not in phase
+    assert "fer_tasks/tools/predict.py" in command_closure("export")
 
 
 def test_a_missing_dep_is_reported(monkeypatch):
     stages = _stages()
-    stages["phase"]["deps"] = [d for d in stages["phase"]["deps"] if d != "fer_tasks/model.py"]
+    stages["phase"]["deps"] = [d for d in stages["phase"]["deps"] if d != "fer_tasks/lib/model.py"]
     monkeypatch.setattr(sys.modules[__name__], "_stages", lambda: stages)
     with pytest.raises(AssertionError, match="misses .*model.py"):
         test_stage_deps_are_its_import_closure("phase")

@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.evaluate: a tiny trained CNN scored on a learnable test split."""
+"""Tests for fer_tasks.stages.evaluate: a tiny trained CNN scored on a learnable test split."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from conftest import band_split, train_tiny_classifier
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.evaluate import comparison_markdown, evaluate, score
-from fer_tasks.io import read_json, save_split, write_json
-from fer_tasks.params import EvaluateParams
+from fer_tasks.lib.io import read_json, save_split, write_json
+from fer_tasks.lib.params import EvaluateParams
+from fer_tasks.stages.evaluate import comparison_markdown, evaluate, score
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -177,7 +177,7 @@ def test_summary_stage_rebuilds_the_same_comparison_without_the_model(setup, tmp
 
 
 def test_summary_rejects_a_file_that_is_not_evaluate_metrics(setup, tmp_path) -> None:
-    from fer_tasks.evaluate import summarize
+    from fer_tasks.stages.evaluate import summarize
 
     bad = tmp_path / "m.json"
     write_json(bad, {"accuracy": 0.5})

@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.export: TFLite float32/float16/int8 of a tiny trained CNN, run on LiteRT."""
+"""The export stage: TFLite float32/float16/int8 of a tiny trained CNN, run on LiteRT."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 from conftest import band_split, train_tiny_classifier
 
 from fer_tasks import NUM_CLASSES
-from fer_tasks.export import (
+from fer_tasks.lib.io import read_json, save_split
+from fer_tasks.lib.params import ExportParams
+from fer_tasks.stages.export import (
     Int8AccuracyError,
     export_tflite,
     representative_images,
 )
-from fer_tasks.io import read_json, save_split
-from fer_tasks.params import ExportParams
-from fer_tasks.predict import TFLiteClassifier
+from fer_tasks.tools.predict import TFLiteClassifier
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 VARIANT_KEYS = {

@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.features: a tiny saved backbone over small random splits."""
+"""Tests for fer_tasks.stages.features: a tiny saved backbone over small random splits."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from fer_tasks.features import extract_features
-from fer_tasks.io import save_split
-from fer_tasks.params import FeaturesParams
+from fer_tasks.lib.io import save_split
+from fer_tasks.lib.params import FeaturesParams
+from fer_tasks.stages.features import extract_features
 
 N = 40  # images per split
 K = 6  # feature dimension of the tiny backbone
@@ -192,8 +192,8 @@ def test_cli_features_then_svm(tmp_path: Path, backbone: Path, data):
 @pytest.mark.slow
 def test_b0_random_weights(tmp_path: Path, data):
     """The real B0 backbone (random weights, no download) through the stage."""
-    from fer_tasks.backbones import build_backbone
-    from fer_tasks.params import ModelParams
+    from fer_tasks.lib.backbones import build_backbone
+    from fer_tasks.lib.params import ModelParams
 
     path = tmp_path / "b0.keras"
     params = ModelParams(backbone="efficientnet_b0", weights="none", input_size=48)
@@ -206,7 +206,7 @@ def test_b0_random_weights(tmp_path: Path, data):
 
 def test_layer_option_flattens_that_feature_map(tmp_path, tiny_backbone, splits):
     """features.layer cuts the backbone at a layer and keeps its spatial layout."""
-    from fer_tasks.io import load_split
+    from fer_tasks.lib.io import load_split
 
     data = splits["train"].parent
     extract_features(tiny_backbone, data, tmp_path / "f", FeaturesParams(layer="block2a_conv"))

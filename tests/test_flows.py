@@ -15,15 +15,17 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 from test_pipeline import ROOT, TINY, Repo, _merge, tiny_project
 
-from fer_tasks.params import ParamsError
+from fer_tasks.lib import dvc_adapter
+from fer_tasks.lib.dvc_adapter import plan
+from fer_tasks.lib.params import ParamsError
+from fer_tasks.lib.reports import files
 from flows import pipeline
 from flows.pipeline import (
     StageFailed,
     dvc_stage,
     fer_pipeline,
     override_params,
-    plan_stages,
-    read_metrics,
+    read_report_metrics,
     render_report,
     workspace_lock,
 )
@@ -100,11 +102,11 @@ def test_first_run_runs_every_stage_and_writes_the_lock_dvc_would(project):
 
 
 @pytest.mark.slow
-def test_second_run_recomputes_nothing_and_starts_no_process(project, monkeypatch):
-    def no_process(*args, **kwargs):
-        raise AssertionError(f"a cached pipeline started a process: {args}")
+def test_second_run_recomputes_nothing_and_starts_no_stage(project, monkeypatch):
+    def no_stage(*args, **kwargs):
+        raise AssertionError(f"a cached pipeline started a stage: {args}")
 
-    monkeypatch.setattr(pipeline.subprocess, "Popen", no_process)
+    monkeypatch.setattr(dvc_adapter, "stream", no_stage)
     before = _lock(project)
     summary = fer_pipeline(workspace=project.path)
     assert summary["ran"] == []
@@ -135,7 +137,8 @@ def test_override_runs_only_dependents_as_an_experiment(project):
     exp_lock = yaml.safe_load(project.run("git", "show", f"{ref}:dvc.lock").stdout)
     assert exp_lock["stages"]["svm"]["params"]["params.yaml"]["svm"]["C"] == 0.5
     assert "svm-c05" in project.dvc("exp", "list", "--name-only").stdout
-    assert not list((project.path / pipeline.EXPERIMENTS_DIR).iterdir())  # clone removed
+    # the report's metrics are the experiment's, read from its commit
+    assert summary["metrics"]["svm baseline (test)"]["accuracy"] is not None
 
 
 @pytest.mark.slow
@@ -235,11 +238,9 @@ def _params_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_override_is_applied_like_dvc_exp_run_and_validated(tmp_path):
-    text = override_params(_params_file(tmp_path), ["svm.C=0.5", "params.yaml:rebalance.seed=3"])
-    data = yaml.safe_load(text)
-    assert data["svm"]["C"] == 0.5 and data["rebalance"]["seed"] == 3
-    assert "# Every knob of the pipeline" in text  # comments survive, as with `dvc exp run -S`
+def test_override_is_parsed_like_dvc_exp_run_and_validated(tmp_path):
+    over = override_params(_params_file(tmp_path), ["svm.C=0.5", "params.yaml:rebalance.seed=3"])
+    assert over == {"svm": {"C": 0.5}, "rebalance": {"seed": 3}}
 
 
 def test_invalid_override_fails_before_any_work_naming_the_key(tmp_path):
@@ -250,7 +251,7 @@ def test_invalid_override_fails_before_any_work_naming_the_key(tmp_path):
 
 
 def test_cached_stage_is_reported_without_a_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline.subprocess, "Popen", None)
+    monkeypatch.setattr(pipeline.dvc, "stream", None)
     state = dvc_stage.fn("svm", tmp_path, stale=False)
     assert state.name == "Cached" and state.is_completed()
     assert state.result().status == "cached"
@@ -285,10 +286,11 @@ def test_metrics_and_report(tmp_path):
     (tmp_path / "reports" / "phases" / "top" / "metrics.json").write_text(
         json.dumps({"val_macro_f1": 0.25, "step": 3})
     )
-    metrics = read_metrics(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")  # phases top, block5
+    metrics = read_report_metrics(files(tmp_path))
     recall = {"angry": 0.5, "happy": 0.75}
-    assert metrics["svm test"] == {"accuracy": 0.625, "macro_f1": 0.5, "recall": recall}
-    assert metrics["phases/top val"]["macro_f1"] == 0.25
+    assert metrics["svm baseline (test)"] == {"accuracy": 0.625, "macro_f1": 0.5, "recall": recall}
+    assert metrics["phase@top (val)"]["macro_f1"] == 0.25
     stages = [
         {"stage": "svm", "status": "ran", "seconds": 1.5},
         {"stage": "base", "status": "cached", "seconds": 0.0},
@@ -296,7 +298,7 @@ def test_metrics_and_report(tmp_path):
     md = render_report({"stages": stages, "metrics": metrics, "overrides": ["svm.C=0.5"]})
     assert "| svm | ran | 1.5000 |" in md
     assert "Cached: base." in md
-    assert "| svm test | 0.6250 | 0.5000 | 0.5000 | 0.7500 |" in md
+    assert "| svm baseline (test) | 0.6250 | 0.5000 | 0.5000 | 0.7500 |" in md
 
 
 def _stage(name: str, section: str, after: str | None = None) -> dict:
@@ -337,17 +339,17 @@ def _trivial_project(path: Path, stages: dict) -> Repo:
 def test_plan_marks_changed_stages_and_their_dependents_stale(tmp_path):
     repo = _trivial_project(tmp_path, TRIVIAL)
     repo.dvc("repro")
-    plan = plan_stages(tmp_path)
-    assert (plan.stale, plan.new) == (set(), set())
-    assert plan.upstream["f"] == ["c", "e"] and plan.upstream["a"] == []
-    assert plan.order == _dvc_repro_order(tmp_path)
+    p = plan(tmp_path)
+    assert (p.stale, p.new) == (set(), set())
+    assert p.upstream["f"] == ["c", "e"] and p.upstream["a"] == []
+    assert p.order == _dvc_repro_order(tmp_path)
 
     repo.set_params(_params(svm={"C": 0.5}))
-    assert plan_stages(tmp_path).stale == {"b", "c", "f"}  # b changed; c, f read its output
+    assert plan(tmp_path).stale == {"b", "c", "f"}  # b changed; c, f read its output
     with_g = {**TRIVIAL, "g": _stage("g", "svm")}  # a new stage: no dvc.lock entry yet
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": with_g}))
-    plan = plan_stages(tmp_path)
-    assert (plan.stale, plan.new) == ({"b", "c", "f", "g"}, {"g"})
+    p = plan(tmp_path)
+    assert (p.stale, p.new) == ({"b", "c", "f", "g"}, {"g"})
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_tasks import io
+from fer_tasks.lib import io
 
 
 def _write_dir(path: Path, **files: str) -> None:
@@ -95,9 +95,11 @@ def test_an_exception_leaves_the_old_output_and_no_temporary(tmp_path) -> None:
 
 
 def test_writing_nothing_is_an_error_that_names_the_output(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="out.txt: nothing was written"):
-        with io.atomic_path(tmp_path / "out.txt"):
-            pass
+    with (
+        pytest.raises(FileNotFoundError, match="out.txt: nothing was written"),
+        io.atomic_path(tmp_path / "out.txt"),
+    ):
+        pass
     assert list(tmp_path.iterdir()) == []
 
 
@@ -110,7 +112,7 @@ def test_the_next_write_removes_what_a_killed_run_left(tmp_path, caplog) -> None
         _write_dir(d, train="half")
     other = tmp_path / ".features-notes.tmp-x"  # another output's name: not ours to remove
     other.write_text("keep")
-    with caplog.at_level("INFO", logger="fer_tasks.io"), io.atomic_path(final) as tmp:
+    with caplog.at_level("INFO", logger="fer_tasks.lib.io"), io.atomic_path(final) as tmp:
         _write_dir(tmp, train="new")
     assert not any(d.exists() for d in debris)
     assert other.read_text() == "keep"
@@ -120,7 +122,7 @@ def test_the_next_write_removes_what_a_killed_run_left(tmp_path, caplog) -> None
 
 def test_recover_is_quiet_when_there_is_nothing_to_do(tmp_path, caplog) -> None:
     io.write_json(tmp_path / "a.json", {})
-    with caplog.at_level("INFO", logger="fer_tasks.io"):
+    with caplog.at_level("INFO", logger="fer_tasks.lib.io"):
         io.recover(tmp_path / "a.json")
         io.recover(tmp_path / "missing" / "b.json")
     assert caplog.text == ""
@@ -131,7 +133,7 @@ _KILL_IN_WINDOW = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from fer_tasks import io
+    from fer_tasks.lib import io
 
     io._exchange = lambda a, b: False  # force the rename-aside fallback
     real_rename, calls = os.rename, []
@@ -187,7 +189,9 @@ def test_outputs_are_fsynced_before_they_are_published(tmp_path, monkeypatch) ->
     published: list[list[str]] = []
     real_publish = io._publish
     monkeypatch.setattr(
-        io, "_publish", lambda new, final: (published.append(list(synced)), real_publish(new, final))
+        io,
+        "_publish",
+        lambda new, final: (published.append(list(synced)), real_publish(new, final)),
     )
     with io.atomic_path(tmp_path / "d") as tmp:
         _write_dir(tmp, a="1", b="2")

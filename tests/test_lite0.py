@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from fer_tasks.lite0 import (
+from fer_tasks.lib.lite0 import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     build_lite0_classifier,

@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.metrics: scores keyed by class name and the confusion writers."""
+"""Tests for fer_tasks.lib.metrics: scores keyed by class name and the confusion writers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.metrics import (
+from fer_tasks.lib.metrics import (
     classification_metrics,
     confusion_matrix,
     write_confusion_csv,

@@ -1,8 +1,8 @@
 import keras
 import pytest
 
-from fer_tasks.model import HEAD_NAME, build_model, unfreeze_model
-from fer_tasks.params import BaseModelParams
+from fer_tasks.lib.model import HEAD_NAME, build_model, unfreeze_model
+from fer_tasks.lib.params import BaseModelParams
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_unfreeze_unknown_block_raises(model):
 def test_label_smoothing_softens_the_targets(model):
     import numpy as np
 
-    from fer_tasks.model import compile_model
+    from fer_tasks.lib.model import compile_model
 
     x = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
     y = keras.utils.to_categorical(np.arange(8) % 7, 7)

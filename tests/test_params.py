@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_tasks.params import ParamsError, load_params
+from fer_tasks.lib.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_bad_unfreeze_of_a_later_phase_fails_before_any_work(tmp_path, value, me
 
 def test_valid_unfreeze_values_pass():
     # the other direction: every block name and an in-range count validate
-    from fer_tasks.params import BLOCKS, PhaseParams
+    from fer_tasks.lib.params import BLOCKS, PhaseParams
 
     for v in (*BLOCKS, "Block7", 6, 19, 146):
         assert PhaseParams(after="base", epochs=1, unfreeze=v).unfreeze == v

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_tasks.base import build_base
-from fer_tasks.io import read_json
-from fer_tasks.params import BaseModelParams, PhaseParams
-from fer_tasks.phase import CollapseError, train_phase
+from fer_tasks.lib.io import read_json
+from fer_tasks.lib.params import BaseModelParams, PhaseParams
+from fer_tasks.stages.base import build_base
+from fer_tasks.stages.phase import CollapseError, train_phase
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ PRESET_LIKE = {
 
 
 def test_learning_rate_never_depends_on_epochs():
-    from fer_tasks.phase import _learning_rate
+    from fer_tasks.stages.phase import _learning_rate
 
     for kw in ({}, {"lr_schedule": "exponential", "lr_decay_rate": 0.5}, PRESET_LIKE):
         short, long = (PhaseParams(after="base", epochs=n, **kw) for n in (3, 9))
@@ -101,7 +101,7 @@ def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(
 ):
     import logging
 
-    caplog.set_level(logging.INFO, logger="fer_tasks.phase")
+    caplog.set_level(logging.INFO, logger="fer_tasks.stages.phase")
     results = {}
     for variant in ("straight", "extended"):
         root = tmp_path / variant
@@ -119,7 +119,7 @@ def test_extending_epochs_runs_only_new_ones_and_equals_straight_run(
 def test_changed_params_do_not_reuse_checkpoint(root, splits, caplog):
     import logging
 
-    caplog.set_level(logging.INFO, logger="fer_tasks.phase")
+    caplog.set_level(logging.INFO, logger="fer_tasks.stages.phase")
     _run(root, splits, "top", "base", unfreeze="top", epochs=1)
     _run(root, splits, "top", "base", unfreeze="top", epochs=2, learning_rate=1e-4)
     assert "starting the phase over" in caplog.text
@@ -157,7 +157,7 @@ def test_healthy_phase_passes_the_collapse_guard_set_to_fail(root, splits):
 def test_damaged_checkpoint_warns_and_starts_over(root, splits, caplog, damage):
     import logging
 
-    caplog.set_level(logging.INFO, logger="fer_tasks.phase")
+    caplog.set_level(logging.INFO, logger="fer_tasks.stages.phase")
     _run(root, splits, "top", "base", unfreeze="top", epochs=1)
     last = root / "ckpt" / "top" / "last"
     if damage == "truncated model":
@@ -179,7 +179,7 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(root, splits):
 
     import keras
 
-    from fer_tasks.io import save_model
+    from fer_tasks.lib.io import save_model
 
     _run(root, splits, "top", "base", unfreeze="top", epochs=1)
     model = keras.saving.load_model(root / "phases" / "top" / "model.keras")
@@ -197,8 +197,8 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(root, splits):
 _KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from fer_tasks.params import PhaseParams
-from fer_tasks.phase import train_phase
+from fer_tasks.lib.params import PhaseParams
+from fer_tasks.stages.phase import train_phase
 import logging; logging.basicConfig(level=logging.INFO)
 root, data = Path(sys.argv[1]), Path(sys.argv[2])
 p = PhaseParams(after="base", unfreeze="all", epochs=4, batch_size=8, deterministic=True,

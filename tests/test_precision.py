@@ -14,11 +14,11 @@ from conftest import make_splits
 def test_mixed_precision_backbone_through_phase_and_export(tmp_path: Path, precision) -> None:
     import keras
 
-    from fer_tasks.backbone import resolve_backbone
-    from fer_tasks.base import build_base
-    from fer_tasks.export import export_tflite
-    from fer_tasks.params import BaseModelParams, ExportParams, ModelParams, PhaseParams
-    from fer_tasks.phase import train_phase
+    from fer_tasks.lib.params import BaseModelParams, ExportParams, ModelParams, PhaseParams
+    from fer_tasks.stages.backbone import resolve_backbone
+    from fer_tasks.stages.base import build_base
+    from fer_tasks.stages.export import export_tflite
+    from fer_tasks.stages.phase import train_phase
 
     d = make_splits(tmp_path / "data", n_train=70, n_val=35)
     m = tmp_path / "models"
@@ -60,7 +60,7 @@ def test_mixed_precision_backbone_through_phase_and_export(tmp_path: Path, preci
 
 
 def test_precision_must_be_a_known_policy() -> None:
-    from fer_tasks.params import ModelParams
+    from fer_tasks.lib.params import ModelParams
 
     with pytest.raises(ValueError, match="precision"):
         ModelParams(precision="float16")

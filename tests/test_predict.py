@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.predict: faces in real photos, .keras and .tflite models, bad input."""
+"""Tests for fer_tasks.tools.predict: faces in real photos, .keras and .tflite models, bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import band_split, train_tiny_classifier
 from PIL import Image
 
 from fer_tasks import CLASS_NAMES
-from fer_tasks.predict import MAX_PIXELS, MIN_FACE, predict, read_gray, read_image
+from fer_tasks.tools.predict import MAX_PIXELS, MIN_FACE, predict, read_gray, read_image
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _tiny_model():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from fer_tasks.export import convert, representative_images
+    from fer_tasks.stages.export import convert, representative_images
 
     root = tmp_path_factory.mktemp("models")
     model, x = _tiny_model()
@@ -158,7 +158,7 @@ def test_tflite_path_never_imports_tensorflow(models, photos) -> None:
     detect = _has_cascade()  # exercise OpenCV too where it can detect
     image = photos["face"] if detect else photos["crop"]
     code = (
-        "import sys; from pathlib import Path; from fer_tasks.predict import predict\n"
+        "import sys; from pathlib import Path; from fer_tasks.tools.predict import predict\n"
         f"rc = predict([Path({str(image)!r})], Path({str(models['int8'])!r}), detect={detect!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
         "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc or (3 if heavy else 0))\n"

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from fer_tasks import CLASS_NAMES
-from fer_tasks.io import load_split
-from fer_tasks.params import PrepareParams
-from fer_tasks.prepare import PrepareError, prepare
+from fer_tasks.lib.io import load_split
+from fer_tasks.lib.params import PrepareParams
+from fer_tasks.stages.prepare import PrepareError, prepare
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -402,7 +402,7 @@ def test_decompression_bomb(tmp_path: Path) -> None:
 
 
 def test_pixel_limit_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fer_tasks.prepare._MAX_IMAGE_PIXELS", 50 * 50)
+    monkeypatch.setattr("fer_tasks.stages.prepare._MAX_IMAGE_PIXELS", 50 * 50)
     root = _tree(tmp_path / "images")  # a.png is 60x75
     _expect_error(tmp_path, root, "a.png", "decompression bomb guard")
 

@@ -1,4 +1,4 @@
-"""`fer` drops TensorFlow's C++ start-up notices from stderr (fer_tasks/quiet.py).
+"""`fer` drops TensorFlow's C++ start-up notices from stderr (fer_tasks/lib/quiet.py).
 
 `-v` or FER_TF_LOGS=1 shows them again; every other byte on fd 2 (C++ or
 Python), tracebacks and the exit status are unchanged.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_tasks import quiet
+from fer_tasks.lib import quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISY = re.compile(r"cuinit|cuda|onednn", re.IGNORECASE)  # the issue's acceptance test
@@ -122,7 +122,7 @@ def test_an_unexpected_exception_keeps_its_traceback_and_exit_status(tmp_path):
 def test_a_line_written_just_before_a_crash_still_comes_out(tmp_path):
     code = textwrap.dedent(f"""\
         import os
-        from fer_tasks.quiet import filtered_stderr
+        from fer_tasks.lib.quiet import filtered_stderr
         with filtered_stderr():
             os.write(2, {NOISE!r} + b"F0000 last words before the abort\\n")
             os.abort()
@@ -160,7 +160,7 @@ def test_a_terminal_stays_a_terminal():
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 123, 0, 0))
     code = textwrap.dedent(f"""\
         import os
-        from fer_tasks.quiet import filtered_stderr
+        from fer_tasks.lib.quiet import filtered_stderr
         with filtered_stderr():
             os.write(2, b"tty %d %d\\n" % (os.isatty(2), os.get_terminal_size(2).columns))
             for i in range(5000):
@@ -205,7 +205,7 @@ def test_real_tensorflow_stage_is_quiet_and_opt_in_brings_the_lines_back(
     quiet_run, loud_run = fer(), fer(FER_TF_LOGS="1")
     assert quiet_run.returncode == 0 == loud_run.returncode, quiet_run.stderr + loud_run.stderr
     assert not _noisy_lines(quiet_run.stderr), quiet_run.stderr
-    assert "INFO fer_tasks.features" in quiet_run.stderr  # the project's own logging
+    assert "INFO fer_tasks.stages.features" in quiet_run.stderr  # the project's own logging
     # the same run with the opt-in shows them (where this machine's TensorFlow prints any)
     if not _noisy_lines(loud_run.stderr):  # the CLI tests above cover the opt-in then
         pytest.skip("this machine's TensorFlow prints no cuInit/CUDA/oneDNN lines")

@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.rebalance on tiny generated training splits."""
+"""Tests for fer_tasks.stages.rebalance on tiny generated training splits."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.io import load_split, save_split
-from fer_tasks.params import RebalanceParams
-from fer_tasks.rebalance import _effective_weights, rebalance
+from fer_tasks.lib.io import load_split, save_split
+from fer_tasks.lib.params import RebalanceParams
+from fer_tasks.stages.rebalance import _effective_weights, rebalance
 
 COUNTS = [30, 3, 20, 50, 25, 15, 28]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -320,7 +320,7 @@ def test_undersample_empty_class_is_an_error(tmp_path):
 def test_class_weight_empty_class_gets_zero_weight(tmp_path, caplog, weighting):
     path = _with_empty_class(tmp_path)
     counts = np.array([30, 0, 20, 50, 25, 15, 28])
-    with caplog.at_level(logging.WARNING, logger="fer_tasks.rebalance"):
+    with caplog.at_level(logging.WARNING, logger="fer_tasks.stages.rebalance"):
         report, weights, _ = _run(
             path, tmp_path / "out", method="class_weight", weighting=weighting
         )
@@ -373,7 +373,7 @@ def test_not_an_npz_names_the_file(tmp_path):
 
 def test_import_is_cheap():
     code = (
-        "import sys, fer_tasks.rebalance\n"
+        "import sys, fer_tasks.stages.rebalance\n"
         "heavy = [m for m in ('tensorflow', 'matplotlib.pyplot', 'matplotlib', 'sklearn', "
         "'scipy.ndimage') if m in sys.modules]\n"
         "print(','.join(heavy))\n"

@@ -1,6 +1,6 @@
 import json
 
-from fer_tasks.report import metrics_table
+from fer_tasks.tools.report import metrics_table
 
 
 def test_metrics_table_lists_configured_phases_in_order(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for fer_tasks.svm on small synthetic feature sets."""
+"""Tests for fer_tasks.stages.svm on small synthetic feature sets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.params import SvmParams
-from fer_tasks.svm import stratified_subsample, train_svm
+from fer_tasks.lib.params import SvmParams
+from fer_tasks.stages.svm import stratified_subsample, train_svm
 
 D = 32
 SIZES = {"train": 350, "val": 70, "test": 84}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks import synthesize as synth_mod
-from fer_tasks.params import USAGES, SynthesizeParams
-from fer_tasks.synthesize import CLASS_SHARES, synthesize
+from fer_tasks.lib.params import USAGES, SynthesizeParams
+from fer_tasks.stages import synthesize as synth_mod
+from fer_tasks.stages.synthesize import CLASS_SHARES, synthesize
 
 HAPPY, SAD, DISGUST = (CLASS_NAMES.index(c) for c in ("happy", "sad", "disgust"))
 

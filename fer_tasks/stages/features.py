@@ -10,7 +10,7 @@ pooled features) and the prepared split directory. For each of ``train.npz``,
 plus ``throughput.json`` (images/s per split). The whole output directory is
 written atomically: on any error no directory, or the previous one, remains.
 
-Inference runs `fer_tasks.data.eval_dataset` batches through the backbone
+Inference runs `fer_tasks.lib.data.eval_dataset` batches through the backbone
 traced once as a `tf.function` (``jit_compile=False``; a batch-size-agnostic
 input signature, so the short last batch does not retrace) and then frozen
 (variables -> constants, see `_infer_fn`). Measured on the 2-core CPU, per CPU
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import IMAGE_SIZE
-from fer_tasks.io import atomic_path, load_split, write_json
-from fer_tasks.params import FeaturesParams
+from fer_tasks.lib.io import atomic_path, load_split, write_json
+from fer_tasks.lib.params import FeaturesParams
 
 __all__ = ["SPLITS", "extract_features"]
 
@@ -104,7 +104,7 @@ def _run_split(infer, images: np.ndarray, dim: int, batch_size: int, desc: str):
     """Features (N, dim) float32 for `images` in order; wall and CPU seconds of the pass."""
     from tqdm.auto import tqdm
 
-    from fer_tasks.data import eval_dataset
+    from fer_tasks.lib.data import eval_dataset
 
     out = np.empty((len(images), dim), dtype=np.float32)
     cpu_start = time.process_time()

@@ -70,8 +70,8 @@ import numpy as np
 from scipy import ndimage
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fer_tasks.io import atomic_path
-from fer_tasks.params import USAGES, SynthesizeParams
+from fer_tasks.lib.io import atomic_path
+from fer_tasks.lib.params import USAGES, SynthesizeParams
 
 log = logging.getLogger(__name__)
 

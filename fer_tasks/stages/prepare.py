@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fer_tasks.io import atomic_path, save_split, write_json
-from fer_tasks.params import USAGES, PrepareParams
+from fer_tasks.lib.io import atomic_path, save_split, write_json
+from fer_tasks.lib.params import USAGES, PrepareParams
 
 logger = logging.getLogger(__name__)
 

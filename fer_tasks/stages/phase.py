@@ -31,10 +31,17 @@ import numpy as np
 import tensorflow as tf
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.data import eval_dataset, train_dataset
-from fer_tasks.io import atomic_group, atomic_path, load_split, read_json, save_model, write_json
-from fer_tasks.model import compile_model, unfreeze_model
-from fer_tasks.params import PhaseParams
+from fer_tasks.lib.data import eval_dataset, train_dataset
+from fer_tasks.lib.io import (
+    atomic_group,
+    atomic_path,
+    load_split,
+    read_json,
+    save_model,
+    write_json,
+)
+from fer_tasks.lib.model import compile_model, unfreeze_model
+from fer_tasks.lib.params import PhaseParams
 
 log = logging.getLogger(__name__)
 

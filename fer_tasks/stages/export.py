@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_tasks.io import atomic_path, load_split, write_json
-from fer_tasks.params import ExportParams
-from fer_tasks.predict import TFLiteClassifier
+from fer_tasks.lib.io import atomic_path, load_split, write_json
+from fer_tasks.lib.params import ExportParams
+from fer_tasks.tools.predict import TFLiteClassifier
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def export_tflite(
     """
     import keras
 
-    from fer_tasks.data import eval_dataset
+    from fer_tasks.lib.data import eval_dataset
 
     model_path, out_dir, report_path = Path(model_path), Path(out_dir), Path(report_path)
     train_images, _ = load_split(train_path)  # load_split checks uint8 (N, 48, 48)
@@ -126,7 +126,7 @@ def export_tflite(
     if len(test_images) == 0:
         raise ValueError(f"{test_path}: the test split is empty")
 
-    from fer_tasks.model import as_float32
+    from fer_tasks.lib.model import as_float32
 
     model = as_float32(keras.saving.load_model(model_path, compile=False, safe_mode=True))
     keras_probs = model.predict(eval_dataset(test_images, None, EVAL_BATCH), verbose=0)

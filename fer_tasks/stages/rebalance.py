@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.io import atomic_files, atomic_path, load_split, save_split, write_json
-from fer_tasks.params import RebalanceParams
+from fer_tasks.lib.io import atomic_files, atomic_path, load_split, save_split, write_json
+from fer_tasks.lib.params import RebalanceParams
 
 __all__ = ["rebalance"]
 

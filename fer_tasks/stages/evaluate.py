@@ -7,7 +7,7 @@ Writes, each atomically, under `out_dir`:
     {precision, recall, f1, support}}, "predicted_share": {class: share}}`` --
     the same keys every run (every class always present), so ``dvc metrics
     diff`` compares key for key. ``per_class`` comes from
-    `fer_tasks.metrics.classification_metrics`, like the SVM stage's.
+    `fer_tasks.lib.metrics.classification_metrics`, like the SVM stage's.
 ``confusion.csv``
     ``actual,predicted`` class names, one row per test image (``dvc plots``
     ``confusion`` template).
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fer_tasks.io import atomic_files, atomic_path, load_split, read_json, write_json
-from fer_tasks.metrics import classification_metrics, write_confusion_csv, write_confusion_png
-from fer_tasks.params import EvaluateParams
+from fer_tasks.lib.io import atomic_files, atomic_path, load_split, read_json, write_json
+from fer_tasks.lib.metrics import classification_metrics, write_confusion_csv, write_confusion_png
+from fer_tasks.lib.params import EvaluateParams
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def predict_probs(model_path: Path, images: np.ndarray, batch_size: int) -> np.n
     """Softmax outputs (N, 7) of the `.keras` model at `model_path` (loaded in safe mode)."""
     import keras
 
-    from fer_tasks.data import eval_dataset
+    from fer_tasks.lib.data import eval_dataset
 
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     if tuple(model.input_shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1) or (

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
-from fer_tasks.io import atomic_path
+from fer_tasks.lib.io import atomic_path
 
 __all__ = [
     "classification_metrics",

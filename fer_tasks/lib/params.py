@@ -215,13 +215,17 @@ class FinetuneParams(_Section):
                     done.append(name)
         return done
 
+    def chain(self, name: str | None = None) -> list[str]:
+        """The phases from base out to `name` (default: final), in training order."""
+        out, cur = [], name or self.final
+        while cur != "base":
+            out.append(cur)
+            cur = self.phases[cur].after
+        return out[::-1]
+
     def start_epoch(self, name: str) -> int:
         """Global epoch index at which phase `name` starts (sum of its ancestors' epochs)."""
-        total, cur = 0, self.phases[name].after
-        while cur != "base":
-            total += self.phases[cur].epochs
-            cur = self.phases[cur].after
-        return total
+        return sum(self.phases[p].epochs for p in self.chain(name)[:-1])
 
 
 class EvaluateParams(_Section):

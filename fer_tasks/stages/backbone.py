@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fer_tasks.backbones import build_backbone
-from fer_tasks.io import atomic_path, save_model
-from fer_tasks.params import ModelParams
+from fer_tasks.lib.backbones import build_backbone
+from fer_tasks.lib.io import atomic_path, save_model
+from fer_tasks.lib.params import ModelParams
 
 log = logging.getLogger(__name__)
 

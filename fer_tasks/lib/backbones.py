@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 
 from fer_tasks import IMAGE_SIZE
-from fer_tasks.params import ModelParams
+from fer_tasks.lib.params import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _build_b0(x: keras.KerasTensor, params: ModelParams) -> keras.Model:
 
 
 def _build_lite0(inputs: keras.KerasTensor, x: keras.KerasTensor, params: ModelParams):
-    from fer_tasks import lite0
+    from fer_tasks.lib import lite0
 
     out = lite0.lite0_features(x, pooling=params.pooling, include_top=False)
     model = keras.Model(inputs, out, name="efficientnet_lite0")

@@ -7,7 +7,7 @@ import logging
 import keras
 
 from fer_tasks import NUM_CLASSES
-from fer_tasks.params import BaseModelParams
+from fer_tasks.lib.params import BaseModelParams
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import keras
 
-from fer_tasks.io import atomic_group, save_model, write_json
-from fer_tasks.model import build_model
-from fer_tasks.params import BaseModelParams
+from fer_tasks.lib.io import atomic_group, save_model, write_json
+from fer_tasks.lib.model import build_model
+from fer_tasks.lib.params import BaseModelParams
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`svm` stage: the SVM baseline on frozen-backbone feature vectors.
 
 Reads ``train.npz`` (required), ``val.npz`` and ``test.npz`` (optional, at
-least one of them) from the features directory (`fer_tasks.features`: float32
+least one of them) from the features directory (`fer_tasks.stages.features`: float32
 ``features`` (N, D), int64 ``labels``), fits a scikit-learn pipeline
 
     StandardScaler -> [PCA(pca_components)] -> LinearSVC (primal) | SVC(rbf)
@@ -11,7 +11,7 @@ on the training split (optionally a stratified, seeded subsample of
 
 * ``out_dir/model.joblib``: the fitted pipeline (`joblib.load` it; `.predict`
   takes (N, D) features, returns class indices);
-* ``reports_dir/metrics.json``: `fer_tasks.metrics.classification_metrics` for
+* ``reports_dir/metrics.json``: `fer_tasks.lib.metrics.classification_metrics` for
   ``val`` and ``test`` (whichever exist), plus ``n_train``, ``n_features``,
   ``fit_seconds``, ``train_accuracy`` and ``converged``;
 * ``reports_dir/confusion.csv`` / ``confusion.png``: the test split (val when
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import NUM_CLASSES
-from fer_tasks.io import atomic_files, atomic_group, write_json
-from fer_tasks.metrics import classification_metrics, write_confusion_csv, write_confusion_png
-from fer_tasks.params import SvmParams
+from fer_tasks.lib.io import atomic_files, atomic_group, write_json
+from fer_tasks.lib.metrics import classification_metrics, write_confusion_csv, write_confusion_png
+from fer_tasks.lib.params import SvmParams
 
 __all__ = ["build_pipeline", "stratified_subsample", "train_svm"]
 
