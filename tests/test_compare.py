@@ -201,9 +201,7 @@ def test_fer_compare_end_to_end(tmp_path):
     shutil.copytree(
         ROOT / "fer_tasks", repo / "fer_tasks", ignore=shutil.ignore_patterns("__pycache__")
     )
-    (repo / "params.yaml").write_text(
-        yaml.safe_dump(overlay.apply(BASE, TINY), sort_keys=False)
-    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(overlay.apply(BASE, TINY), sort_keys=False))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

@@ -3,8 +3,8 @@
 A stage that misses a module it imports is not rerun when that module changes
 (a stale result); a stage that lists a module it does not import is rerun for
 nothing (an edit to predict.py must not retrain). The closure is derived from
-the code: the `fer` CLI's top-level imports, the imports inside the CLI
-function of the stage's subcommand, then every `fer_tasks` import of those
+the code: the `fer` CLI's top-level imports, the module that commands.py
+names for the stage's subcommand, then every `fer_tasks` import of those
 modules, transitively (function-level imports included: they run too).
 """
 
@@ -56,13 +56,18 @@ def closure(modules: set[str]) -> set[str]:
 
 
 def command_closure(subcommand: str) -> set[str]:
+    """cli.py's top-level imports plus the module commands.py names for `subcommand`."""
+    from fer_tasks.commands import STAGES, TOOLS
+
     cli_file = ROOT / PKG / "cli.py"
     tree = ast.parse(cli_file.read_text())
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    handler = funcs.get(f"_cmd_{subcommand}")
-    assert handler is not None, f"cli.py has no _cmd_{subcommand} for `fer {subcommand}`"
-    return closure(_imports(top) | _imports([handler])) | {f"{PKG}/cli.py"}
+    if subcommand in STAGES:
+        module = STAGES[subcommand].target.split(":")[0]
+    else:
+        assert subcommand in TOOLS, f"commands.py declares no `fer {subcommand}`"
+        module = TOOLS[subcommand][0]
+    return closure(_imports(top) | {module}) | {f"{PKG}/cli.py"}
 
 
 def _stages() -> dict[str, dict]:
@@ -86,11 +91,15 @@ def test_stage_deps_are_its_import_closure(name):
 
 
 def test_closure_sees_function_level_and_transitive_imports():
-    # the derivation itself: phase.py imports model.py and data.py; nothing imports predict.py
+    # the derivation itself: phase.py imports model.py and data.py; only export (inside a
+    # function) imports the classifiers; no stage imports a tool such as predict.py
     phase = command_closure("phase")
     assert {"fer_tasks/stages/phase.py", "fer_tasks/lib/model.py", "fer_tasks/lib/data.py"} <= phase
-    assert "fer_tasks/tools/predict.py" not in phase
-    assert "fer_tasks/tools/predict.py" in command_closure("export")
+    assert "fer_tasks/lib/classifiers.py" not in phase
+    assert "fer_tasks/lib/classifiers.py" in command_closure("export")
+    for stage in _stages().values():
+        sub = stage["cmd"].split()[1]
+        assert not {f for f in command_closure(sub) if f.startswith("fer_tasks/tools/")}, sub
 
 
 def test_a_missing_dep_is_reported(monkeypatch):

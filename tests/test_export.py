@@ -9,6 +9,7 @@ import pytest
 from conftest import band_split, train_tiny_classifier
 
 from fer_tasks import NUM_CLASSES
+from fer_tasks.lib.classifiers import TFLiteClassifier
 from fer_tasks.lib.io import read_json, save_split
 from fer_tasks.lib.params import ExportParams
 from fer_tasks.stages.export import (
@@ -16,7 +17,6 @@ from fer_tasks.stages.export import (
     export_tflite,
     representative_images,
 )
-from fer_tasks.tools.predict import TFLiteClassifier
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 VARIANT_KEYS = {

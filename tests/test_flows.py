@@ -98,7 +98,7 @@ def test_first_run_runs_every_stage_and_writes_the_lock_dvc_would(project):
         )
     (report,) = [a for a in artifacts if a.key == "fer-pipeline-report"]
     assert "| svm | ran |" in report.data and "recall happy" in report.data
-    assert "svm test" in summary["metrics"]
+    assert "svm baseline (test)" in summary["metrics"]
 
 
 @pytest.mark.slow

@@ -71,13 +71,15 @@ def test_every_noise_line_is_dropped_and_the_rest_passes_byte_for_byte():
 _FAKE_STAGE = textwrap.dedent("""\
     import os, sys
     import fer_tasks.cli as cli
+    import fer_tasks.lib.params as params
+    from fer_tasks.lib.errors import FerError
 
-    def stage(a, p):
+    def stage(p):
         os.write(2, {noise!r} + b"a C++ line to keep\\n")
         print("a Python line to keep", file=sys.stderr)
         raise {exc}("the stage failed")
 
-    cli._cmd_validate = stage
+    params.report_valid = stage  # what `fer validate` calls
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
@@ -96,14 +98,14 @@ def _fake_fer(tmp_path: Path, exc: str, *args: str, **env: str) -> subprocess.Co
      ((), {"FER_TF_LOGS": "0"}, False)],
 )  # fmt: skip
 def test_cli_drops_the_notices_unless_asked(tmp_path, args, env, shown):
-    r = _fake_fer(tmp_path, "RuntimeError", *args, **env)
+    r = _fake_fer(tmp_path, "FerError", *args, **env)
     assert r.returncode == 1
     assert "a C++ line to keep\n" in r.stderr and "a Python line to keep\n" in r.stderr
     assert _noise_shown(r.stderr) == (4 if shown else 0), r.stderr
     assert bool(_noisy_lines(r.stderr)) == shown
     if args:  # -v re-raises: the traceback
         assert "Traceback (most recent call last)" in r.stderr
-        assert "RuntimeError: the stage failed" in r.stderr
+        assert "FerError: the stage failed" in r.stderr
     else:
         assert "fer validate: error: the stage failed" in r.stderr
     # the order of what is kept is the order it was written
@@ -111,9 +113,12 @@ def test_cli_drops_the_notices_unless_asked(tmp_path, args, env, shown):
     assert at == sorted(at)
 
 
-def test_an_unexpected_exception_keeps_its_traceback_and_exit_status(tmp_path):
+def test_an_unexpected_exception_is_a_bug_report_not_bad_input(tmp_path):
     r = _fake_fer(tmp_path, "KeyError")
-    assert r.returncode == 1 and not _noise_shown(r.stderr)
+    assert r.returncode == 2 and not _noise_shown(r.stderr)
+    assert "fer validate: internal error: KeyError: 'the stage failed'" in r.stderr
+    assert "rerun with -v for the traceback" in r.stderr and "error: the stage" not in r.stderr
+    r = _fake_fer(tmp_path, "KeyError", "-v")
     assert "Traceback (most recent call last)" in r.stderr
     assert "KeyError: 'the stage failed'" in r.stderr.splitlines()[-1]
     assert r.stderr.index("a Python line to keep") < r.stderr.index("Traceback")

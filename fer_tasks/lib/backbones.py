@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 
 from fer_tasks import IMAGE_SIZE
+from fer_tasks.lib.errors import FerError
 from fer_tasks.lib.params import ModelParams
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ B0_NOTOP_URL = "https://storage.googleapis.com/keras-applications/efficientnetb0
 DOWNLOAD_TIMEOUT_S = 10
 
 
-class BackboneError(RuntimeError):
+class BackboneError(FerError, RuntimeError):
     """Weights that cannot be had, or a backbone name that does not exist."""
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from fer_tasks.lib.errors import FerError
+
 TAIL_LINES = 40  # output lines carried in a failure's message
 RUNNING = re.compile(r"^Running stage '([^']+)'")
 RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run")
@@ -33,7 +35,7 @@ _STAGE_END = re.compile(
 _EDGE = re.compile(r'^"([^"]+)" -> "([^"]+)";$')
 
 
-class DvcError(RuntimeError):
+class DvcError(FerError, RuntimeError):
     """A DVC or git command exited non-zero; the message ends with its output's tail."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import IMAGE_SIZE, NUM_CLASSES
+from fer_tasks.lib.errors import InputError, MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +230,11 @@ def read_json(path: str | Path) -> dict:
 def save_split(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Write one split as an .npz with uint8 `images` (N, 48, 48) and int64 `labels` (N,)."""
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"{path}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}"
         )
     if len(images) != len(labels):
-        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+        raise InputError(f"{path}: {len(images)} images but {len(labels)} labels")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, images=images, labels=labels.astype(np.int64))
 
@@ -246,24 +247,24 @@ def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found")
+        raise MissingInput(f"{path}: split file not found")
     try:
         with np.load(path) as z:
             images, labels = z["images"], z["labels"]
     except (KeyError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a split .npz with images and labels ({err})") from None
+        raise InputError(f"{path}: not a split .npz with images and labels ({err})") from None
     if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(
+        raise InputError(
             f"{path}: images must be uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}), "
             f"got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{path}: {len(images)} images but labels of shape {labels.shape}")
+        raise InputError(f"{path}: {len(images)} images but labels of shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+        raise InputError(f"{path}: labels must be integers, got {labels.dtype}")
     bad = (labels < 0) | (labels >= NUM_CLASSES)
     if bad.any():
-        raise ValueError(
+        raise InputError(
             f"{path}: {int(bad.sum())} labels outside 0..{NUM_CLASSES - 1} "
             f"(first: {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})"
         )

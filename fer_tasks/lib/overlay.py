@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.params import FinetuneParams, Params, ParamsError, PhaseParams, read_yaml
 
 # the write-up's five configurations, in its order; `fer compare` runs these by default
@@ -173,7 +174,7 @@ def scale_epochs(finetune: dict, factor: float) -> dict:
     where the rounding allows (0.1: 30 -> 3, 15+15 -> 2+1, 10+10+10 -> 1+1+1).
     """
     if factor <= 0:
-        raise ValueError(f"--epochs-scale must be > 0, got {factor}")
+        raise InputError(f"--epochs-scale must be > 0, got {factor}")
     chain = FinetuneParams.model_validate(finetune)
 
     def rnd(x: float) -> int:
@@ -193,7 +194,7 @@ def parse_phase_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in PhaseParams.model_fields or key == "after":
             keys = ", ".join(k for k in PhaseParams.model_fields if k != "after")
-            raise ValueError(
+            raise InputError(
                 f"--phase-set {item!r}: expected KEY=VALUE, KEY one of the phase params ({keys})"
             )
         out[key] = read_yaml(value)

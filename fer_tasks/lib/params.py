@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from fer_tasks.lib.errors import InputError
+
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -50,7 +52,7 @@ class SynthesizeParams(_Section):
     @model_validator(mode="after")
     def _check_fractions(self) -> SynthesizeParams:
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(
+            raise InputError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
                 "leaves no Training rows (must be < 1)"
             )
@@ -157,10 +159,10 @@ class PhaseParams(_Section):
     @classmethod
     def _check_unfreeze(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
-            raise ValueError(f"must be >= 1 or a block name, got {v}")
+            raise InputError(f"must be >= 1 or a block name, got {v}")
         if isinstance(v, str) and v.lower() not in BLOCKS:
             hint = " (a layer count is a number, not a string)" if v.isdigit() else ""
-            raise ValueError(
+            raise InputError(
                 f"{v!r} is not a block name{hint}: use a layer count or one of {', '.join(BLOCKS)}"
             )
         return v
@@ -168,12 +170,12 @@ class PhaseParams(_Section):
     @model_validator(mode="after")
     def _check_schedule(self) -> PhaseParams:
         if self.lr_schedule == "cosine" and self.lr_horizon is None:
-            raise ValueError(
+            raise InputError(
                 "lr_schedule cosine needs lr_horizon: the epochs over which the rate falls "
                 "to lr_min (then held), independent of `epochs` so that raising it resumes"
             )
         if self.lr_min > self.learning_rate:
-            raise ValueError(f"lr_min {self.lr_min} is above learning_rate {self.learning_rate}")
+            raise InputError(f"lr_min {self.lr_min} is above learning_rate {self.learning_rate}")
         return self
 
 
@@ -186,21 +188,21 @@ class FinetuneParams(_Section):
     def _check_chain(self) -> FinetuneParams:
         for name, phase in self.phases.items():
             if name == "base" or not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"phase name {name!r} must be alphanumeric and not 'base'")
+                raise InputError(f"phase name {name!r} must be alphanumeric and not 'base'")
             if phase.after != "base" and phase.after not in self.phases:
-                raise ValueError(f"phases.{name}.after: unknown phase {phase.after!r}")
+                raise InputError(f"phases.{name}.after: unknown phase {phase.after!r}")
         for name in self.phases:  # every chain must reach 'base' without a cycle
             seen, cur = set(), name
             while cur != "base":
                 if cur in seen:
-                    raise ValueError(f"phases.{name}.after: cycle through {cur!r}")
+                    raise InputError(f"phases.{name}.after: cycle through {cur!r}")
                 seen.add(cur)
                 cur = self.phases[cur].after
         if self.final not in self.phases:
-            raise ValueError(f"final: {self.final!r} is not a phase (have {list(self.phases)})")
+            raise InputError(f"final: {self.final!r} is not a phase (have {list(self.phases)})")
         for name, phase in self.phases.items():
             if phase.after == self.final:
-                raise ValueError(
+                raise InputError(
                     f"final: {self.final!r} is continued by phase {name!r}; "
                     f"set finetune.final to the last phase of the chain"
                 )
@@ -265,7 +267,7 @@ class Params(_Section):
         }
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """A params file that does not validate; the message names the file and keys."""
 
 
@@ -394,3 +396,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return parse_params(data, path, text)
+
+
+def report_valid(params: Params) -> None:
+    """`fer validate`: the file parsed (the CLI already validated it); say what it holds."""
+    phases = params.finetune.order()
+    print(f"params ok: {len(phases)} phases ({' -> '.join(['base', *phases])})")

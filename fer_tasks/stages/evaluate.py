@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import atomic_files, atomic_path, load_split, read_json, write_json
 from fer_tasks.lib.metrics import classification_metrics, write_confusion_csv, write_confusion_png
 from fer_tasks.lib.params import EvaluateParams
@@ -43,18 +44,18 @@ def predict_probs(model_path: Path, images: np.ndarray, batch_size: int) -> np.n
     if tuple(model.input_shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1) or (
         model.output_shape[-1] != NUM_CLASSES
     ):
-        raise ValueError(
+        raise InputError(
             f"{model_path}: expected input (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) and "
             f"{NUM_CLASSES} outputs, got {model.input_shape} -> {model.output_shape}"
         )
     probs = model.predict(eval_dataset(images, None, batch_size), verbose=0)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.shape != (len(images), NUM_CLASSES):
-        raise RuntimeError(
+        raise InputError(
             f"{model_path}: predictions of shape {probs.shape} for {len(images)} images"
         )
     if not np.isfinite(probs).all():
-        raise RuntimeError(f"{model_path}: the model outputs non-finite values on the test split")
+        raise InputError(f"{model_path}: the model outputs non-finite values on the test split")
     return probs
 
 
@@ -83,7 +84,7 @@ def _svm_split(svm_metrics_path: Path | None, split: str = "test") -> dict | Non
     data = read_json(svm_metrics_path)
     section = data.get(split) if isinstance(data, dict) else None
     if not isinstance(section, dict) or not {"accuracy", "macro_f1", "per_class"} <= section.keys():
-        raise ValueError(
+        raise InputError(
             f"{svm_metrics_path}: expected a {split!r} section with accuracy, macro_f1 and "
             "per_class"
         )
@@ -149,7 +150,7 @@ def evaluate(
     svm = _svm_split(Path(svm_metrics_path) if svm_metrics_path is not None else None, params.split)
     images, labels = load_split(test_path)  # checks uint8 (N, 48, 48) and labels
     if len(images) == 0:
-        raise ValueError(f"{test_path}: the test split is empty")
+        raise InputError(f"{test_path}: the test split is empty")
 
     probs = predict_probs(model_path, images, params.batch_size)
     metrics = {"split": params.split, **score(labels, probs)}
@@ -190,7 +191,7 @@ def summarize(
     if not isinstance(metrics, dict) or not {"n", "accuracy", "macro_f1", "per_class"} <= set(
         metrics
     ):
-        raise ValueError(f"{metrics_path}: not an evaluate metrics.json")
+        raise InputError(f"{metrics_path}: not an evaluate metrics.json")
     md = comparison_markdown(
         metrics,
         _svm_split(svm_metrics_path, metrics.get("split", "test")),

@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_tasks.lib.classifiers import TFLiteClassifier
+from fer_tasks.lib.errors import FerError, InputError
 from fer_tasks.lib.io import atomic_path, load_split, write_json
 from fer_tasks.lib.params import ExportParams
-from fer_tasks.tools.predict import TFLiteClassifier
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ VARIANTS = ("float32", "float16", "int8")
 EVAL_BATCH = 64
 
 
-class Int8AccuracyError(RuntimeError):
+class Int8AccuracyError(FerError, RuntimeError):
     """The int8 model loses more accuracy than `export.max_int8_drop` allows."""
 
 
@@ -63,7 +64,7 @@ def representative_images(train_images: np.ndarray, n: int, seed: int) -> np.nda
     model's uint8 input then has scale 1, zero point 0, i.e. takes raw pixels.
     """
     if len(train_images) == 0:
-        raise ValueError("the training split is empty: no representative images")
+        raise InputError("the training split is empty: no representative images")
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(train_images), size=min(n, len(train_images)), replace=False)
     sample = np.array(train_images[np.sort(idx)], dtype=np.uint8)
@@ -81,7 +82,7 @@ def convert(model, variant: str, representative: np.ndarray | None = None) -> by
         conv.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
         if representative is None:
-            raise ValueError("int8 conversion needs representative images")
+            raise InputError("int8 conversion needs representative images")
 
         def gen() -> Iterator[list[np.ndarray]]:
             for img in representative:
@@ -93,7 +94,7 @@ def convert(model, variant: str, representative: np.ndarray | None = None) -> by
         conv.inference_input_type = tf.uint8
         conv.inference_output_type = tf.float32
     elif variant != "float32":
-        raise ValueError(f"unknown TFLite variant {variant!r}")
+        raise InputError(f"unknown TFLite variant {variant!r}")
     # Keras' SavedModel export prints every captured tensor to stdout; keep it for debug logs
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
@@ -124,7 +125,7 @@ def export_tflite(
     train_images, _ = load_split(train_path)  # load_split checks uint8 (N, 48, 48)
     test_images, test_labels = load_split(test_path)
     if len(test_images) == 0:
-        raise ValueError(f"{test_path}: the test split is empty")
+        raise InputError(f"{test_path}: the test split is empty")
 
     from fer_tasks.lib.model import as_float32
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import IMAGE_SIZE
+from fer_tasks.lib.errors import InputError, MissingInput
 from fer_tasks.lib.io import atomic_path, load_split, write_json
 from fer_tasks.lib.params import FeaturesParams
 
@@ -74,7 +75,7 @@ def _infer_fn(model):
         want, got = traced(probe).numpy(), frozen(probe).numpy()
         tol = 1e-4 * max(float(np.abs(want).max()), 1e-30)
         if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=tol):
-            raise ValueError("frozen graph output differs from the model's")
+            raise InputError("frozen graph output differs from the model's")
     except Exception as err:  # private API: degrade, do not fail
         log.warning(
             "features: could not freeze the backbone graph (%s: %s); running it as is",
@@ -93,7 +94,7 @@ def _layer_model(model, layer: str, path: Path):
         out = model.get_layer(layer).output
     except ValueError:
         blocks = sorted({n.name for n in model.layers if n.name.endswith("_add")})
-        raise ValueError(
+        raise InputError(
             f"features.layer: {path} has no layer {layer!r} (residual outputs: {blocks})"
         ) from None
     flat = keras.layers.Flatten(name=f"{layer}_flat")(out)
@@ -138,22 +139,22 @@ def extract_features(
     """
     backbone_path, data_dir, out_dir = Path(backbone_path), Path(data_dir), Path(out_dir)
     if not backbone_path.is_file():
-        raise FileNotFoundError(f"{backbone_path}: backbone file not found")
+        raise MissingInput(f"{backbone_path}: backbone file not found")
     present = [s for s in SPLITS if (data_dir / f"{s}.npz").is_file()]
     if not present:
-        raise FileNotFoundError(f"{data_dir}: none of {', '.join(s + '.npz' for s in SPLITS)}")
+        raise MissingInput(f"{data_dir}: none of {', '.join(s + '.npz' for s in SPLITS)}")
 
     import keras
 
     try:
         model = keras.saving.load_model(backbone_path, compile=False, safe_mode=True)
     except Exception as err:  # Keras raises ValueError, OSError, zip errors, ...
-        raise ValueError(f"{backbone_path}: cannot load the backbone ({err})") from err
+        raise InputError(f"{backbone_path}: cannot load the backbone ({err})") from err
     if params.layer is not None:
         model = _layer_model(model, params.layer, backbone_path)
     out_shape = tuple(model.output.shape) if not isinstance(model.output, list) else None
     if out_shape is None or len(out_shape) != 2 or out_shape[-1] is None:
-        raise ValueError(
+        raise InputError(
             f"{backbone_path}: expected a pooled feature extractor with output (None, D), "
             f"got {out_shape if out_shape is not None else 'several outputs'}"
         )
@@ -175,7 +176,7 @@ def extract_features(
             images, labels = load_split(data_dir / f"{split}.npz")
             feats, seconds, cpu_seconds = _run_split(infer, images, dim, params.batch_size, split)
             if not np.isfinite(feats).all():
-                raise ValueError(f"{split}: backbone produced non-finite features")
+                raise InputError(f"{split}: backbone produced non-finite features")
             with open(tmp / f"{split}.npz", "wb") as fh:
                 np.savez(fh, features=feats, labels=labels)
             rate = len(images) / seconds if seconds > 0 and len(images) else 0.0

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
 from fer_tasks.lib.data import eval_dataset, train_dataset
+from fer_tasks.lib.errors import FerError
 from fer_tasks.lib.io import (
     atomic_group,
     atomic_path,
@@ -41,7 +42,7 @@ from fer_tasks.lib.io import (
     write_json,
 )
 from fer_tasks.lib.model import compile_model, unfreeze_model
-from fer_tasks.lib.params import PhaseParams
+from fer_tasks.lib.params import FinetuneParams, ParamsError, PhaseParams
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 _NOT_FINGERPRINTED = {"epochs", "max_class_share", "on_collapse"}
 
 
-class CollapseError(RuntimeError):
+class CollapseError(FerError, RuntimeError):
     """The model predicts (almost) a single class on the validation split."""
 
 
@@ -218,6 +219,26 @@ def _collapse_check(pred: np.ndarray, params: PhaseParams, name: str) -> dict:
         f"try a lower learning_rate or fewer unfrozen layers"
     )
     return out
+
+
+def run_phase(
+    name: str,
+    models: Path,
+    train: Path,
+    class_weights: Path,
+    val: Path,
+    ckpt: Path,
+    live: Path,
+    finetune: FinetuneParams,
+) -> dict:
+    """`fer phase NAME`: train phase NAME of `finetune` on from its parent in `models`."""
+    if name not in finetune.phases:
+        raise ParamsError(f"finetune.phases has no phase {name!r} (have {list(finetune.phases)})")
+    phase = finetune.phases[name]
+    models = Path(models)
+    return train_phase(
+        name, models / phase.after, train, class_weights, val, models / name, ckpt, live, phase
+    )
 
 
 def train_phase(

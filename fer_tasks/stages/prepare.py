@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import atomic_path, save_split, write_json
 from fer_tasks.lib.params import USAGES, PrepareParams
 
@@ -52,7 +53,7 @@ _SKIPS_LISTED = 10
 _CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES)}
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """Unusable input; the message names the file and the line (or the path) at fault."""
 
 
@@ -498,14 +499,16 @@ def _split_summary(labels: np.ndarray, origin: str) -> dict:
     }
 
 
-def prepare(source: Path, out_dir: Path, report_path: Path, params: PrepareParams) -> dict:
-    """Read `source` (CSV or image-folder tree), write out_dir/{train,val,test}.npz and a report.
+def prepare(source: Path | None, out_dir: Path, report_path: Path, params: PrepareParams) -> dict:
+    """Read `source` (default: `prepare.source`), a CSV or image-folder tree; write
+    out_dir/{train,val,test}.npz and a report.
 
     Returns the report: source, kind, per split the origin, per-class counts and
     total, the carved splits and the skipped rows. Raises PrepareError naming the
     file and line (or path) on bad input; nothing is written then.
     """
-    source, out_dir, report_path = Path(source), Path(out_dir), Path(report_path)
+    source = Path(source if source is not None else params.source)
+    out_dir, report_path = Path(out_dir), Path(report_path)
     kind = _detect_kind(source, params.format)
     if _inside(source, out_dir) is not None:
         raise PrepareError(f"{out_dir}: output folder contains the source {source}")

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import atomic_files, atomic_path, load_split, save_split, write_json
 from fer_tasks.lib.params import RebalanceParams
 
@@ -67,7 +68,7 @@ def _load_train(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Load a checked training split (see `load_split`); it must not be empty."""
     images, labels = load_split(path)
     if len(labels) == 0:
-        raise ValueError(f"{path}: the training split is empty")
+        raise InputError(f"{path}: the training split is empty")
     return images, labels
 
 
@@ -117,7 +118,7 @@ def _effective_weights(counts: np.ndarray, beta: float) -> np.ndarray:
     weights; beta -> 1 tends to inverse class frequency.
     """
     if not 0.0 < beta < 1.0:
-        raise ValueError(f"beta must be in (0, 1), got {beta}")
+        raise InputError(f"beta must be in (0, 1), got {beta}")
     counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
     weights = np.zeros(len(counts), dtype=np.float64)
@@ -214,7 +215,7 @@ def _oversample(
     counts = _class_counts(labels)
     empty = _empty_classes(counts)
     if empty:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot oversample class(es) with no images: {', '.join(empty)} "
             "(use method class_weight, or fix the data)"
         )
@@ -238,7 +239,7 @@ def _undersample(
     counts = _class_counts(labels)
     empty = _empty_classes(counts)
     if empty:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot undersample to a multiple of an empty class: {', '.join(empty)} "
             "has no images, so every class would be cut to 0"
         )

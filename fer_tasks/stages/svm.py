@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import NUM_CLASSES
+from fer_tasks.lib.errors import InputError, MissingInput
 from fer_tasks.lib.io import atomic_files, atomic_group, write_json
 from fer_tasks.lib.metrics import classification_metrics, write_confusion_csv, write_confusion_png
 from fer_tasks.lib.params import SvmParams
@@ -53,18 +54,18 @@ def _load_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path) as z:
             x, y = z["features"], z["labels"]
     except (KeyError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a features .npz with features and labels ({err})") from None
+        raise InputError(f"{path}: not a features .npz with features and labels ({err})") from None
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{path}: features must be float (N, D), got {x.dtype} {x.shape}")
+        raise InputError(f"{path}: features must be float (N, D), got {x.dtype} {x.shape}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: {len(x)} feature rows but labels {y.dtype} {y.shape}")
+        raise InputError(f"{path}: {len(x)} feature rows but labels {y.dtype} {y.shape}")
     if len(y) == 0:
-        raise ValueError(f"{path}: the split is empty")
+        raise InputError(f"{path}: the split is empty")
     bad = (y < 0) | (y >= NUM_CLASSES)
     if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} labels outside 0..{NUM_CLASSES - 1}")
+        raise InputError(f"{path}: {int(bad.sum())} labels outside 0..{NUM_CLASSES - 1}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{path}: features contain NaN or inf")
+        raise InputError(f"{path}: features contain NaN or inf")
     return x, y.astype(np.int64)
 
 
@@ -102,7 +103,7 @@ def build_pipeline(params: SvmParams, n_samples: int, n_features: int):
     if params.pca_components is not None:
         limit = min(n_samples, n_features)
         if params.pca_components > limit:
-            raise ValueError(
+            raise InputError(
                 f"svm.pca_components: {params.pca_components} exceeds min(n_train, n_features) "
                 f"= min({n_samples}, {n_features}) = {limit}"
             )
@@ -133,11 +134,11 @@ def train_svm(features_dir: Path, out_dir: Path, reports_dir: Path, params: SvmP
     features_dir, out_dir, reports_dir = Path(features_dir), Path(out_dir), Path(reports_dir)
     train_path = features_dir / "train.npz"
     if not train_path.is_file():
-        raise FileNotFoundError(f"{train_path}: training features not found")
+        raise MissingInput(f"{train_path}: training features not found")
     evals = {s: features_dir / f"{s}.npz" for s in EVAL_SPLITS}
     evals = {s: p for s, p in evals.items() if p.is_file()}
     if not evals:
-        raise FileNotFoundError(f"{features_dir}: neither val.npz nor test.npz to score on")
+        raise MissingInput(f"{features_dir}: neither val.npz nor test.npz to score on")
 
     x, y = _load_features(train_path)
     if params.max_train_samples is not None and params.max_train_samples < len(y):
@@ -145,7 +146,7 @@ def train_svm(features_dir: Path, out_dir: Path, reports_dir: Path, params: SvmP
         x, y = x[keep], y[keep]
         log.info("svm: training on a stratified subsample of %d rows", len(y))
     if len(np.unique(y)) < 2:
-        raise ValueError(f"{train_path}: the training labels hold fewer than two classes")
+        raise InputError(f"{train_path}: the training labels hold fewer than two classes")
 
     model = build_pipeline(params, *x.shape)
     start = time.perf_counter()
@@ -168,7 +169,7 @@ def train_svm(features_dir: Path, out_dir: Path, reports_dir: Path, params: SvmP
     for split, path in evals.items():
         xe, ye = _load_features(path)
         if xe.shape[1] != x.shape[1]:
-            raise ValueError(f"{path}: {xe.shape[1]} features per row, train has {x.shape[1]}")
+            raise InputError(f"{path}: {xe.shape[1]} features per row, train has {x.shape[1]}")
         pred = model.predict(xe).astype(np.int64)
         preds[split] = (ye, pred)
         metrics[split] = classification_metrics(ye, pred)

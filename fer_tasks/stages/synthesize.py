@@ -70,6 +70,7 @@ import numpy as np
 from scipy import ndimage
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import atomic_path
 from fer_tasks.lib.params import USAGES, SynthesizeParams
 
@@ -185,14 +186,14 @@ def _layout(params: SynthesizeParams) -> tuple[np.ndarray, np.ndarray]:
     """Labels and Usage per row: grouped by Usage, shuffled within each group."""
     train = 1.0 - params.val_fraction - params.test_fraction
     if train < 0 or (train == 0 and params.val_fraction * params.test_fraction == 0):
-        raise ValueError(
+        raise InputError(
             f"val_fraction + test_fraction must leave room for two splits, "
             f"got {params.val_fraction} + {params.test_fraction}"
         )
     fractions = (train, params.val_fraction, params.test_fraction)
     minimum = MIN_PER_SPLIT * sum(f > 0 for f in fractions)
     if params.n_samples < minimum * NUM_CLASSES:
-        raise ValueError(f"n_samples={params.n_samples} too small: need {minimum * NUM_CLASSES}")
+        raise InputError(f"n_samples={params.n_samples} too small: need {minimum * NUM_CLASSES}")
     per_usage: list[list[np.ndarray]] = [[] for _ in USAGES]
     for c, count in enumerate(_class_counts(params.n_samples, minimum)):
         for u, k in enumerate(_split_counts(int(count), fractions)):

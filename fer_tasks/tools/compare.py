@@ -38,6 +38,7 @@ from pathlib import Path
 
 from fer_tasks.lib import dvc_adapter as dvc
 from fer_tasks.lib import overlay
+from fer_tasks.lib.errors import FerError, InputError, MissingInput
 from fer_tasks.lib.io import write_json
 from fer_tasks.lib.params import FinetuneParams, read_yaml
 from fer_tasks.lib.reports import read_metrics
@@ -147,10 +148,10 @@ def compare(
     """
     params_path = Path(params_path)
     if params_path.name != "params.yaml":  # `dvc exp run -S key=...` edits params.yaml
-        raise ValueError(f"{params_path}: fer compare works on the project's params.yaml")
+        raise InputError(f"{params_path}: fer compare works on the project's params.yaml")
     root = params_path.resolve().parent
     if not (root / "dvc.yaml").is_file():
-        raise FileNotFoundError(f"{root}/dvc.yaml: run fer compare from the project root")
+        raise MissingInput(f"{root}/dvc.yaml: run fer compare from the project root")
     base = read_yaml(params_path.read_text())
     names = configs or list(overlay.WRITEUP)
     pset = overlay.parse_phase_set(list(phase_set))
@@ -304,7 +305,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def run_from_args(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
     rows = compare(
         Path(a.params),
         configs=a.configs,
@@ -317,5 +318,5 @@ def run_from_args(a: argparse.Namespace) -> int:
     )
     failed = [r["config"] for r in rows if not str(r.get("status", "")).startswith("ok")]
     if failed:
-        raise RuntimeError(f"configurations without results: {', '.join(failed)}")
+        raise FerError(f"configurations without results: {', '.join(failed)}")
     return 0

@@ -38,3 +38,21 @@ def apply_preset(name: str, params_path: Path, source: str | None = None) -> lis
             + yaml.safe_dump(merged, sort_keys=False)
         )
     return overlay.changes(current, merged)
+
+
+def add_arguments(sp) -> None:
+    sp.add_argument("name", nargs="?", help="overlay name (omit, or --list, to list them)")
+    sp.add_argument("--list", action="store_true", help="list the shipped overlays")
+    sp.add_argument("--source", help="also set prepare.source (e.g. data/raw/fer2013.csv)")
+
+
+def run(a) -> int:
+    if a.list or a.name is None:
+        print("\n".join(f"{n:<20} {overlay.describe(n)}" for n in overlay.available()))
+        return 0
+    changes = apply_preset(a.name, Path(a.params), a.source)
+    print(f"{a.params}: preset {a.name} applied, {len(changes)} change(s)")
+    for line in changes:
+        print(f"  {line}")
+    print("next: dvc repro")
+    return 0

@@ -22,3 +22,8 @@ def metrics_table(reports_dir: Path, phases: list[str]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def print_metrics(reports_dir: Path, finetune) -> None:
+    """`fer metrics`: the table for the phases of `finetune` (FinetuneParams)."""
+    print(metrics_table(reports_dir, finetune.order()))
