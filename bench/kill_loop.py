@@ -38,22 +38,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("phase@top", "features", "svm", "export")
+_TOP = dict(unfreeze="top", batch_size=32, deterministic=True, on_collapse="warn")
 CONFIG = {
     "synthesize": {"n_samples": 420},
     "svm": {"max_iter": 500, "pca_components": 64},
     "export": {"max_int8_drop": 100.0, "latency_runs": 5, "representative_samples": 20},
+    # one short deterministic phase: 2 epochs of 3 steps
     "finetune": {
-        "phases": {
-            "top": {
-                "after": "base",
-                "unfreeze": "top",
-                "epochs": 2,
-                "batch_size": 32,
-                "steps_per_epoch": 3,
-                "deterministic": True,
-                "on_collapse": "warn",
-            }
-        },
+        "phases": {"top": {**_TOP, "after": "base", "epochs": 2, "steps_per_epoch": 3}},
         "final": "top",
     },
 }

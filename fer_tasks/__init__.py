@@ -1,4 +1,4 @@
-"""FER training pipeline: one module per DVC stage, plus small shared libraries."""
+"""FER training pipeline: DVC stages (stages/), shared libraries (lib/), user tools (tools/)."""
 
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -402,7 +402,7 @@ def test_decompression_bomb(tmp_path: Path) -> None:
 
 
 def test_pixel_limit_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fer_tasks.stages.prepare._MAX_IMAGE_PIXELS", 50 * 50)
+    monkeypatch.setattr("fer_tasks.lib.sources._MAX_IMAGE_PIXELS", 50 * 50)
     root = _tree(tmp_path / "images")  # a.png is 60x75
     _expect_error(tmp_path, root, "a.png", "decompression bomb guard")
 

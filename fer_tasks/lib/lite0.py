@@ -6,7 +6,7 @@ restricted unpickler and numpy; `lite0_features` builds the network from
 built-in Keras layers only (so saved models load with `safe_mode`), named like
 `keras.applications.EfficientNetB0` so name-prefix unfreezing (`block7`,
 `block6`, `top`) works unchanged; `load_lite0_weights` copies the tensors in.
-See docs/efficientnet_lite0.md for the format and the network.
+`read_torch_legacy` and `lite0_features` document the file format and the network.
 """
 
 from __future__ import annotations

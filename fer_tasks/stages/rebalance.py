@@ -208,17 +208,24 @@ def _oversample_indices(
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
+def _counts_without_empty(path: Path, labels: np.ndarray, message: str) -> np.ndarray:
+    """Per-class counts; InputError (`message` with the empty classes) if any class has none."""
+    counts = _class_counts(labels)
+    empty = _empty_classes(counts)
+    if empty:
+        raise InputError(f"{path}: " + message.format(", ".join(empty)))
+    return counts
+
+
 def _oversample(
     path: Path, images: np.ndarray, labels: np.ndarray, params: RebalanceParams
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Raise every class to target_ratio x the largest count; return images, labels, n added."""
-    counts = _class_counts(labels)
-    empty = _empty_classes(counts)
-    if empty:
-        raise InputError(
-            f"{path}: cannot oversample class(es) with no images: {', '.join(empty)} "
-            "(use method class_weight, or fix the data)"
-        )
+    counts = _counts_without_empty(
+        path,
+        labels,
+        "cannot oversample class(es) with no images: {} (use method class_weight, or fix the data)",
+    )
     target = _round_half_up(params.target_ratio * int(counts.max()))
     targets = np.maximum(counts, target)
     select_rng, augment_rng, shuffle_rng = _rngs(params.seed)
@@ -236,13 +243,12 @@ def _undersample(
     path: Path, images: np.ndarray, labels: np.ndarray, params: RebalanceParams
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Cut every class to at most target_ratio x the smallest count; return images, labels, cap."""
-    counts = _class_counts(labels)
-    empty = _empty_classes(counts)
-    if empty:
-        raise InputError(
-            f"{path}: cannot undersample to a multiple of an empty class: {', '.join(empty)} "
-            "has no images, so every class would be cut to 0"
-        )
+    counts = _counts_without_empty(
+        path,
+        labels,
+        "cannot undersample to a multiple of an empty class: {} has no "
+        "images, so every class would be cut to 0",
+    )
     cap = max(1, _round_half_up(params.target_ratio * int(counts.min())))
     select_rng, _, shuffle_rng = _rngs(params.seed)
     keep: list[np.ndarray] = []

@@ -1,0 +1,114 @@
+"""The DVC adapter against the installed DVC: the pin, and every output format it parses.
+
+fer_tasks/lib/dvc_adapter.py reads DVC's command-line output ("Running stage
+'x':", `dvc dag --dot` edges, `dvc status --json`). If a DVC release changes
+any of them, these tests fail, naming what moved, before a flow or a
+comparison misreads a run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fer_tasks.lib import dvc_adapter as dvc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_dvc_is_within_the_pinned_minor_range():
+    (pin,) = [
+        line.strip().strip('",')
+        for line in (ROOT / "pyproject.toml").read_text().splitlines()
+        if line.strip().startswith('"dvc>=')
+    ]
+    low, high = re.fullmatch(r"dvc>=([\d.]+),<([\d.]+)", pin).groups()
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:3])
+
+    got = version("dvc")
+    assert key(low) <= key(got) < key(high), (
+        f"DVC {got} is outside the tested range {pin}: rerun tests/test_dvc_adapter.py "
+        "and tests/test_flows.py with it, then move the pin in pyproject.toml"
+    )
+
+
+STAGES = {
+    "a": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
+    "b": {"cmd": "cat a.txt > b.txt", "deps": ["a.txt"], "outs": ["b.txt"]},
+    "d": {"cmd": "echo d > d.txt", "outs": ["d.txt"]},
+    "c": {"cmd": "cat b.txt d.txt > c.txt", "deps": ["b.txt", "d.txt"], "outs": ["c.txt"]},
+}
+
+
+def _project(path: Path, stages: dict) -> Path:
+    path.mkdir()
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    dvc.dvc(path, "init", "-q")
+    return path
+
+
+@pytest.mark.slow
+def test_plan_and_stage_lines_match_what_dvc_prints(tmp_path):
+    root = _project(tmp_path / "p", STAGES)
+    p = dvc.plan(root)  # nothing run yet: every stage changed and new
+    assert p.order == ["a", "b", "d", "c"]  # dvc repro's depth-first order
+    assert p.upstream == {"a": [], "b": ["a"], "d": [], "c": ["b", "d"]}
+    assert p.stale == p.new == {"a", "b", "c", "d"}
+
+    lines: list[str] = []
+    res = dvc.stream(root, ["repro"], on_line=lines.append)
+    assert res.rc == 0 and res.ran == ["a", "b", "d", "c"], lines
+    assert all(s >= 0 for s in res.stages.values())
+    assert dvc.plan(root).stale == set() and dvc.plan(root).new == set()
+
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {**STAGES, "d": {**STAGES["d"], "cmd": "echo e > d.txt"}}})
+    )
+    assert dvc.plan(root).stale == {"d", "c"}  # d changed; c reads its output
+    res = dvc.stream(root, ["repro"])
+    assert res.ran == ["d", "c"]
+
+    res = dvc.stream(root, ["repro", "--single-item", "zzz"])
+    assert res.rc != 0 and res.ran == [] and any("zzz" in line for line in res.tail)
+
+
+@pytest.mark.slow
+def test_run_cache_restores_are_reported_as_restored(tmp_path):
+    x = {"cmd": "cat in.txt > x.txt", "deps": ["in.txt"], "outs": ["x.txt"]}
+    root = _project(tmp_path / "p", {"x": x})
+    (root / "in.txt").write_text("in\n")
+    assert dvc.stream(root, ["repro"]).ran == ["x"]
+    (root / "x.txt").unlink()
+    (root / "dvc.lock").unlink()  # as on a fresh clone: only the run-cache knows this run
+    res = dvc.stream(root, ["repro"])
+    assert res.rc == 0 and res.ran == [] and res.restored == ["x"], res.tail
+    assert (root / "x.txt").read_text() == "in\n"
+
+
+@pytest.mark.slow
+def test_default_remote_and_failures_name_the_command(tmp_path):
+    root = _project(tmp_path / "p", STAGES)
+    assert dvc.default_remote(root) is None
+    dvc.dvc(root, "remote", "add", "-d", "store", str(tmp_path / "store"))
+    assert dvc.default_remote(root) == "store"
+    try:
+        dvc.dvc(root, "repro", "nope")
+    except dvc.DvcError as err:
+        assert "dvc repro nope" in str(err) and "exited" in str(err)
+    else:
+        raise AssertionError("a failing dvc command must raise DvcError")
+
+
+def test_exp_run_arguments():
+    args = dvc.exp_run_args("n", ["++svm.C=0.5"], ["evaluate"], temp=True)
+    assert args == ["exp", "run", "--temp", "-n", "n", "-S", "++svm.C=0.5", "evaluate"]
+    assert dvc.exp_run_args(None, [], queue=True) == ["exp", "run", "--queue"]
+    assert dvc.exp_ref("abcdef", "x") == "refs/exps/ab/cdef/x"
