@@ -14,8 +14,10 @@ freshly written lock file matches byte for byte.
 
 Parameter overrides use `dvc exp run -S` syntax (`key=value`), are checked
 like `fer validate` before any work, and run as `dvc exp run --temp -S ...`:
-a DVC experiment in a temporary copy of the workspace (`dvc exp show`, `dvc
-exp apply <name>`), one task whose per-stage results come from DVC's output.
+a DVC experiment in a temporary copy of the last commit plus uncommitted
+edits to tracked files (`dvc exp show`, `dvc exp apply <name>`), one task
+whose per-stage results come from DVC's output. Commit `dvc.lock` first, or
+the experiment starts without it (the flow warns).
 The workspace, its `params.yaml` and `dvc.lock` are left untouched.
 
 One run at a time per workspace: an exclusive file lock (`.dvc/tmp/fer-flow.lock`)
@@ -236,6 +238,13 @@ def render_report(summary: dict[str, Any]) -> str:
 # --- the flow ----------------------------------------------------------------------------
 
 
+def _tracked(workspace: Path, rel: str) -> bool:
+    try:
+        return bool(dvc.git(workspace, "ls-files", "--", rel))
+    except dvc.DvcError:
+        return False
+
+
 def _log(message: str) -> None:
     try:
         get_run_logger().info(message)
@@ -313,6 +322,11 @@ def fer_pipeline(
             results, failure = _run_stages(plan, workspace)
             summary = _summary(workspace, results, files(workspace), remote=remote, overrides=[])
             return _publish(summary, failure)
+        if not _tracked(workspace, "dvc.lock"):
+            _log(
+                f"{workspace}/dvc.lock is not committed: the experiment starts from the last "
+                "commit without it and reruns what it lacks (git add dvc.lock && git commit)"
+            )
         state = dvc_experiment(
             workspace, experiment_name, overlay.to_set_params(over), return_state=True
         )

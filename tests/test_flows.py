@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
-from test_pipeline import ROOT, TINY, Repo, _merge, tiny_project
+from test_pipeline import IDENTITY, ROOT, TINY, Repo, _merge, tiny_project
 
 from fer_tasks.lib import dvc_adapter
 from fer_tasks.lib.dvc_adapter import plan
@@ -116,6 +116,10 @@ def test_second_run_recomputes_nothing_and_starts_no_stage(project, monkeypatch)
 
 @pytest.mark.slow
 def test_override_runs_only_dependents_as_an_experiment(project):
+    # as a user does before experimenting: commit the finished run, which is what
+    # `dvc exp run --temp` starts from (with uncommitted edits to tracked files)
+    project.run("git", "add", "dvc.lock")
+    project.run("git", *IDENTITY, "commit", "-qm", "first run")
     params_before, lock_before = (project.path / "params.yaml").read_bytes(), _lock(project)
     summary = fer_pipeline(
         workspace=project.path,

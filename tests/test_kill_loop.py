@@ -62,3 +62,18 @@ def test_a_short_kill_loop_recovers_every_time(tmp_path) -> None:
     assert res["by_stage"] == dict.fromkeys(kill_loop.STAGES, 1)
     assert res["recoveries"] == 4
     assert res["compared"] == len(kill_loop.SAME_BYTES) + len(kill_loop.SAME_JSON)
+
+
+def test_timings_are_left_out_of_the_comparison_and_results_kept() -> None:
+    report = {
+        "accuracy": 0.5,
+        "fit_seconds": 3.0,
+        "float32": {"accuracy": 0.4, "latency_ms_median": 1.2, "size_bytes": 10},
+        "latency": {"runs": 5},
+        "splits": {"train": {"n": 9, "images_per_s": 30.0, "cpu_seconds": 1.0}},
+    }
+    assert kill_loop._strip(report) == {
+        "accuracy": 0.5,
+        "float32": {"accuracy": 0.4, "size_bytes": 10},
+        "splits": {"train": {"n": 9}},
+    }
