@@ -147,6 +147,11 @@ class PhaseParams(_Section):
     on_collapse: Literal["fail", "warn"] = "fail"
     # cap on batches per epoch (None = the whole training split); for smoke runs
     steps_per_epoch: int | None = Field(None, ge=1)
+    # devices (fer_tasks/lib/distribute.py): default = one device; mirrored = every local
+    # GPU, or the `devices` listed (e.g. ["/gpu:0", "/gpu:1"]); multi_worker = the
+    # machines of the TF_CONFIG environment variable. batch_size stays the global batch.
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    devices: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
 
     @field_validator("unfreeze")
     @classmethod
@@ -169,6 +174,17 @@ class PhaseParams(_Section):
             )
         if self.lr_min > self.learning_rate:
             raise InputError(f"lr_min {self.lr_min} is above learning_rate {self.learning_rate}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> PhaseParams:
+        if self.devices is not None and self.strategy != "mirrored":
+            raise InputError(
+                f"devices is only for strategy mirrored (strategy is {self.strategy}; "
+                "multi_worker takes its machines from TF_CONFIG)"
+            )
+        if self.devices is not None and len(set(self.devices)) < len(self.devices):
+            raise InputError(f"devices names a device twice: {self.devices}")
         return self
 
 

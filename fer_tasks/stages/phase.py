@@ -15,6 +15,8 @@ The checkpoint directory is a DVC-cached output, so `dvc push`/`dvc pull`
 carry it and a fresh clone can extend a pulled phase. It is reused only when
 its fingerprint (parent model, training data, class weights and every phase
 param except `epochs`) matches; an unreadable one is reported and ignored.
+Under a `strategy` (fer_tasks/lib/distribute.py) the model is loaded and
+compiled inside the strategy's scope; the checkpoint stays a plain .keras model.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import tensorflow as tf
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
 from fer_tasks.lib.data import eval_dataset, train_dataset
+from fer_tasks.lib.distribute import make_strategy, scope, write_dirs
 from fer_tasks.lib.errors import FerError
 from fer_tasks.lib.io import (
     atomic_group,
@@ -47,8 +50,11 @@ from fer_tasks.lib.params import FinetuneParams, ParamsError, PhaseParams
 log = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# params that do not change what an epoch computes; a checkpoint survives edits to them
-_NOT_FINGERPRINTED = {"epochs", "max_class_share", "on_collapse"}
+# params that do not change what an epoch computes; a checkpoint survives edits to them.
+# `strategy`/`devices` only spread the same global batches over devices (equal up to
+# float summation order), and a checkpoint is a plain .keras model: a phase killed
+# on two GPUs may resume on one. Left out, they also keep older fingerprints valid.
+_NOT_FINGERPRINTED = {"epochs", "max_class_share", "on_collapse", "strategy", "devices"}
 
 
 class CollapseError(FerError, RuntimeError):
@@ -256,6 +262,9 @@ def train_phase(
     from sklearn.metrics import f1_score
 
     parent_dir, out_dir, ckpt_dir, live_dir = map(Path, (parent_dir, out_dir, ckpt_dir, live_dir))
+    strategy = make_strategy(params)  # first: checks TF_CONFIG before any work
+    # a non-chief worker of a multi_worker cluster writes scratch copies only
+    ckpt_out, live_dir, out_dir = write_dirs(strategy, ckpt_dir, live_dir, out_dir)
     parent_state = read_json(parent_dir / "state.json")
     start = int(parent_state["epoch_end"])
     target = start + params.epochs
@@ -265,18 +274,21 @@ def train_phase(
 
     fingerprint = _fingerprint(params, [parent_dir / "model.keras", train_path, class_weights_path])
     lr_fn = _learning_rate(params, start)
-    resumed = _load_checkpoint(ckpt_dir, fingerprint, target)
-    if resumed is not None:
-        model, initial, own_history = resumed
-        log.info(
-            "phase %s: resuming from checkpoint at epoch %d (target %d)", name, initial, target
-        )
-    else:
-        model = keras.saving.load_model(parent_dir / "model.keras", compile=False, safe_mode=True)
-        unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
-        # recompile: trainability changes need it
-        compile_model(model, lr_fn(start), params.label_smoothing)
-        initial, own_history = start, []
+    with scope(strategy):  # model and optimizer variables are created on every replica
+        resumed = _load_checkpoint(ckpt_dir, fingerprint, target)
+        if resumed is not None:
+            model, initial, own_history = resumed
+            log.info(
+                "phase %s: resuming from checkpoint at epoch %d (target %d)", name, initial, target
+            )
+        else:
+            model = keras.saving.load_model(
+                parent_dir / "model.keras", compile=False, safe_mode=True
+            )
+            unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
+            # recompile: trainability changes need it
+            compile_model(model, lr_fn(start), params.label_smoothing)
+            initial, own_history = start, []
 
     x_train, y_train = load_split(train_path)
     x_val, y_val = load_split(val_path)
@@ -296,7 +308,7 @@ def train_phase(
             zoom=params.zoom,
             mixup=params.mixup,
         )
-        ckpt = _Checkpoint(ckpt_dir, fingerprint, own_history, lr_fn)
+        ckpt = _Checkpoint(ckpt_out, fingerprint, own_history, lr_fn)
         logger = _LiveLogger(live_dir, parent_state["history"], own_history)
         log.info(
             "phase %s: epochs %d-%d of %d, unfreeze=%r, %d trainable weights",
