@@ -67,6 +67,8 @@ SAME_BYTES = [
     "models/export/model_int8.tflite",
 ]
 SAME_JSON = ["reports/svm/metrics.json", "reports/export.json"]
+
+
 def _timing(key: str) -> bool:
     """Keys that hold a measured time or rate (they differ run to run)."""
     return "latency" in key or "seconds" in key or key.endswith("_per_s")
