@@ -151,11 +151,19 @@ def snapshot(project: Path) -> dict[str, str | dict]:
 
 
 def leftovers(project: Path) -> list[str]:
+    """Temporaries beside the outputs (there should never be any in a DVC repository)."""
     return sorted(
         str(p.relative_to(project))
         for p in project.rglob(".*")
-        if ".tmp-" in p.name or ".old-" in p.name
+        if (".tmp-" in p.name or ".old-" in p.name) and ".dvc" not in p.parts
     )
+
+
+def scratch_left(project: Path) -> int:
+    """Temporaries a killed process left in the scratch folder: removed by the next write
+    in the repository (fer_tasks/lib/io.py), which a run-cache restore does not do."""
+    scratch = project / ".dvc" / "tmp" / "fer-atomic"
+    return len(list(scratch.iterdir())) if scratch.is_dir() else 0
 
 
 def check_whole(project: Path, stage: str) -> list[str]:
@@ -283,12 +291,14 @@ def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
                 "killed": killed,
                 "rerun_s": rerun_s,
                 "recovered": killed and not found,
+                "scratch_left": scratch_left(proj),
             }
         )
         problems += [f"{stage} killed at {delay:.1f} s: {p}" for p in found]
         log(
             f"{stage}: {'killed' if killed else 'finished before'} at {delay:.1f} s; "
-            f"rerun {rerun_s:.1f} s; {len(found)} problem(s)"
+            f"rerun {rerun_s:.1f} s; {len(found)} problem(s); "
+            f"{rounds[-1]['scratch_left']} temporaries left in the scratch folder"
         )
     _dvc(proj, "repro")
     final = snapshot(proj)
@@ -304,6 +314,7 @@ def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
         "finished_before_kill": len(rounds) - n_killed,
         "problems": problems,
         "compared": len(reference),
+        "scratch_left_final": scratch_left(proj),
         "stage_seconds": durations,
         "wall_s": time.monotonic() - t_start,
         "rounds": rounds,

@@ -227,3 +227,31 @@ def test_a_group_that_fails_halfway_publishes_none_of_its_files(tmp_path) -> Non
         raise OSError("disk full while writing the second file")
     assert (a.read_text(), b.read_text()) == ("old", "old")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["train.npz", "weights.json", "x", "y"]
+
+
+def test_in_a_dvc_repository_temporaries_live_in_its_scratch_folder(tmp_path) -> None:
+    (tmp_path / ".dvc").mkdir()
+    final = tmp_path / "reports" / "svm"
+    scratch = tmp_path / io.SCRATCH
+    with io.atomic_path(final) as tmp:
+        assert tmp.parent.parent == scratch  # not beside the output
+        assert tmp.parent.name.startswith(f"{os.getpid()}-svm.")
+        _write_dir(tmp, a="1")
+    assert _read_dir(final) == {"a": "1"}
+    assert list(scratch.iterdir()) == [] and os.listdir(final.parent) == ["svm"]
+
+
+def test_the_next_write_anywhere_removes_what_a_killed_process_left(tmp_path, caplog) -> None:
+    (tmp_path / ".dvc").mkdir()
+    scratch = tmp_path / io.SCRATCH
+    scratch.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now
+    left = scratch / f"{dead.pid}-model.keras.x1"
+    _write_dir(left, part="half")
+    alive = scratch / f"{os.getppid()}-state.json.x2"  # a live process's work in progress
+    _write_dir(alive, part="busy")
+    with caplog.at_level("INFO", logger="fer_tasks.lib.io"):
+        io.write_json(tmp_path / "elsewhere" / "m.json", {})  # another output altogether
+    assert not left.exists() and alive.exists()
+    assert f"leftover of killed process {dead.pid}" in caplog.text

@@ -47,6 +47,7 @@ def test_half_written_json_and_temporary_siblings_are_found(tmp_path) -> None:
     (svm / "metrics.json").write_text('{"test": {"accuracy": 0.')
     (svm / ".metrics.json.tmp-1234").mkdir()
     (tmp_path / "models" / ".svm.old-ab").mkdir(parents=True)
+    (tmp_path / ".dvc" / "tmp" / ".lock.tmp-1").mkdir(parents=True)  # DVC's own: not ours
     assert any("metrics.json: unreadable" in p for p in kill_loop.check_whole(tmp_path, "svm"))
     assert kill_loop.leftovers(tmp_path) == [
         "models/.svm.old-ab",

@@ -1,7 +1,8 @@
 """Small I/O helpers shared by the stages: atomic outputs and split arrays.
 
 Every output goes through `atomic_path`: the new file or directory is written
-beside its final path, fsync'ed, then swapped in with one rename. Directories
+in the DVC repository's scratch folder (`.dvc/tmp/fer-atomic`, or beside its
+final path outside a repository), fsync'ed, then swapped in with one rename. Directories
 are swapped with Linux's `renameat2(RENAME_EXCHANGE)`, so the final path never
 goes missing; where that call is unavailable the old directory is renamed aside
 first, and the next write of the same output restores it if a kill came in
@@ -124,19 +125,61 @@ def _publish(new: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
+SCRATCH = Path(".dvc") / "tmp" / "fer-atomic"  # under a DVC repository's root
+
+
+def _scratch(final: Path) -> Path | None:
+    """The DVC repository's scratch folder for `final`'s temporaries, if `final` is in
+    one and on the same file system (a rename cannot cross file systems); else None.
+
+    Temporaries there are named `<pid>-...`: once that process is gone, the next
+    write anywhere in the repository removes them, even when the killed stage
+    itself never runs again (DVC may restore it from its run-cache instead).
+    """
+    for root in final.resolve().parents:
+        if (root / ".dvc").is_dir():
+            scratch = root / SCRATCH
+            scratch.mkdir(parents=True, exist_ok=True)
+            if scratch.stat().st_dev != final.parent.stat().st_dev:
+                return None
+            for entry in scratch.iterdir():
+                pid = entry.name.split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    _remove(entry)
+                    log.info("%s: removed a leftover of killed process %s", entry, pid)
+            return scratch
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; swap it in for `final` only on success.
+    """Yield a temporary path; swap it in for `final` only on success.
 
     Works for files and directories. On success the new content is fsync'ed
     before the swap and the parent directory after it. An exception leaves
-    `final` untouched and removes the temporary path; a kill leaves at most
-    temporary siblings, which the next write of `final` removes (see `recover`).
+    `final` untouched and removes the temporary path. Inside a DVC repository
+    the temporary is in its scratch folder (`_scratch`), elsewhere beside
+    `final`; a kill leaves it behind until the next write removes it (see
+    `_scratch` and `recover`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover(final)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}{_TMP}", dir=final.parent))
+    scratch = _scratch(final)
+    if scratch is not None:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{final.name}.", dir=scratch))
+    else:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}{_TMP}", dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp
