@@ -12,6 +12,11 @@ command it runs). After every kill:
   pair are from one run);
 - the rerun (`dvc repro <stage>`) succeeds, leaves no temporary sibling
   (`.name.tmp-*`, `.name.old-*`) and gives the reference run's bytes or metrics.
+  Before it, DVC's own lock table is reset if the kill cut it mid-write, as the
+  flow and `fer compare` do before every DVC command (`repair_rwlock`).
+
+A stage that finishes before its kill is rerun with the delay drawn again from
+its newly observed duration; only kills count towards `--kills`.
 
 At the end, `dvc repro` of the whole pipeline runs and every compared output
 equals the reference. Timing fields (seconds, latency) are left out of the
@@ -35,6 +40,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from fer_tasks.lib import dvc_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("phase@top", "features", "svm", "export")
@@ -218,9 +225,9 @@ def _load_tflite(p: Path) -> None:
     Interpreter(model_path=str(p)).allocate_tensors()
 
 
-def kill_once(project: Path, stage: str, delay: float) -> bool:
+def kill_once(project: Path, stage: str, delay: float) -> tuple[bool, float]:
     """`dvc repro --force --single-item stage`, SIGKILLed `delay` s after the stage starts.
-    False when it finished first."""
+    (killed, seconds since the stage started); not killed when it finished first."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", stage],
         cwd=project,
@@ -234,13 +241,14 @@ def kill_once(project: Path, stage: str, delay: float) -> bool:
     for line in proc.stdout:
         if line.startswith("Running stage"):
             break
+    t0 = time.monotonic()
     try:
         proc.wait(timeout=delay)
-        return False
+        return False, time.monotonic() - t0
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return True
+        return True, time.monotonic() - t0
 
 
 def stage_seconds(project: Path) -> dict[str, float]:
@@ -268,10 +276,14 @@ def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
     problems: list[str] = []
     while sum(r["killed"] for r in rounds) < kills:
         stage = STAGES[len([r for r in rounds if r["killed"]]) % len(STAGES)]
-        delay = rng.uniform(0.2, 1.0) * durations[stage]
+        delay = rng.uniform(0.1, 0.95) * durations[stage]
         _fresh(proj, stage)
-        killed = kill_once(proj, stage, delay)
+        killed, seconds = kill_once(proj, stage, delay)
+        if not killed:
+            durations[stage] = seconds  # draw the next delay within what it takes now
         found = check_whole(proj, stage) if killed else []
+        # what the flow and `fer compare` do before any DVC command (dvc_adapter)
+        repaired = dvc_adapter.repair_rwlock(proj)
         t0 = time.monotonic()
         r = _try(proj, sys.executable, "-m", "dvc", "repro", stage)
         rerun_s = time.monotonic() - t0
@@ -292,6 +304,7 @@ def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
                 "rerun_s": rerun_s,
                 "recovered": killed and not found,
                 "scratch_left": scratch_left(proj),
+                "rwlock_reset": repaired,
             }
         )
         problems += [f"{stage} killed at {delay:.1f} s: {p}" for p in found]
@@ -315,6 +328,7 @@ def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
         "problems": problems,
         "compared": len(reference),
         "scratch_left_final": scratch_left(proj),
+        "rwlock_resets": sum(r["rwlock_reset"] for r in rounds),
         "stage_seconds": durations,
         "wall_s": time.monotonic() - t_start,
         "rounds": rounds,

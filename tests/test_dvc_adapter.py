@@ -112,3 +112,22 @@ def test_exp_run_arguments():
     assert args == ["exp", "run", "--temp", "-n", "n", "-S", "++svm.C=0.5", "evaluate"]
     assert dvc.exp_run_args(None, [], queue=True) == ["exp", "run", "--queue"]
     assert dvc.exp_ref("abcdef", "x") == "refs/exps/ab/cdef/x"
+
+
+def test_a_lock_table_cut_by_a_kill_is_reset_only_when_no_dvc_runs(tmp_path):
+    import fcntl
+    import json
+
+    tmp = tmp_path / ".dvc" / "tmp"
+    tmp.mkdir(parents=True)
+    rwlock = tmp / "rwlock"
+    rwlock.write_text('{"read": {}, "wri')  # what a SIGKILL mid-write leaves
+    with open(tmp / "lock", "a") as held:  # a running DVC process holds this flock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert dvc.repair_rwlock(tmp_path) is False
+        assert rwlock.read_text() == '{"read": {}, "wri'
+    assert dvc.repair_rwlock(tmp_path) is True
+    assert json.loads(rwlock.read_text()) == {"read": {}, "write": {}}
+    rwlock.write_text('{"read": {"a": 1}, "write": {}}')  # whole: left alone
+    assert dvc.repair_rwlock(tmp_path) is False
+    assert json.loads(rwlock.read_text()) == {"read": {"a": 1}, "write": {}}

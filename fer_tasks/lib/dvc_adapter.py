@@ -49,6 +49,47 @@ def env(**extra: str) -> dict[str, str]:
     }
 
 
+def repair_rwlock(cwd: Path) -> bool:
+    """Reset DVC's `.dvc/tmp/rwlock` when a killed DVC process left it half-written.
+
+    DVC rewrites that JSON file in place; a SIGKILL at that moment leaves it
+    empty or cut, and every later `dvc` command then fails with "Unable to read
+    RWLock-file" until it is removed (found by bench/kill_loop.py). It is reset
+    only while no DVC process holds the repository lock (`.dvc/tmp/lock`, an
+    flock), so a live process's lock table is never touched. True if it was reset.
+    """
+    import fcntl
+    import json
+
+    tmp = Path(cwd) / ".dvc" / "tmp"
+    rwlock = tmp / "rwlock"
+    try:
+        json.loads(rwlock.read_text())
+        return False
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        pass
+    with open(tmp / "lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a DVC process is running: it owns the file
+        try:
+            from fer_tasks.lib.io import write_json
+
+            write_json(rwlock, {"read": {}, "write": {}})
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "%s was half-written by a killed DVC process; reset it (no DVC process was running)",
+        rwlock,
+    )
+    return True
+
+
 def run(cwd: Path, *args: str, environ: dict[str, str] | None = None) -> str:
     """Run a command, return its stdout; raise DvcError with its output's tail on failure."""
     r = subprocess.run(args, cwd=cwd, env=environ or env(), capture_output=True, text=True)
@@ -59,6 +100,7 @@ def run(cwd: Path, *args: str, environ: dict[str, str] | None = None) -> str:
 
 
 def dvc(cwd: Path, *args: str, environ: dict[str, str] | None = None) -> str:
+    repair_rwlock(cwd)
     return run(cwd, sys.executable, "-m", "dvc", *args, environ=environ)
 
 
@@ -112,6 +154,7 @@ def stream(
     environ: dict[str, str] | None = None,
 ) -> RunResult:
     """Run `dvc ARGS`, handing each output line to `on_line` and `log_path` as it comes."""
+    repair_rwlock(cwd)
     lines: list[tuple[float, str]] = []
     t0 = time.monotonic()
     log = None
