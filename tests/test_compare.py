@@ -223,7 +223,7 @@ def test_fer_compare_end_to_end(tmp_path):
 
     # --target final: train the phases only (no features/SVM/evaluate) to stay quick
     run(
-        sys.executable, "-m", "fer_tasks.tools.compare",
+        sys.executable, "-m", "fer_tasks", "compare",
         "--configs", "EFN_base", "EFN_2StepsToBlock7",
         "--epochs-scale", "0.05",
         "--phase-set", "steps_per_epoch=2",
@@ -249,7 +249,7 @@ def test_fer_compare_end_to_end(tmp_path):
     # the report rebuilds from the recorded runs and the experiment commits alone
     (out / "comparison.csv").unlink()
     (out / "curves.png").unlink()
-    run(sys.executable, "-m", "fer_tasks.tools.compare", "--report-only",
+    run(sys.executable, "-m", "fer_tasks", "compare", "--report-only",
         "--configs", "EFN_base", "EFN_2StepsToBlock7")  # fmt: skip
     again = {r["config"]: r for r in csv.DictReader((out / "comparison.csv").open())}
     assert again == table

@@ -126,7 +126,7 @@ def test_failed_write_leaves_no_output(tmp_path: Path, monkeypatch: pytest.Monke
     def boom(*_: object) -> None:
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(synth_mod, "_render", boom)
+    monkeypatch.setattr(synth_mod, "render", boom)
     out = tmp_path / "fer.csv"
     with pytest.raises(RuntimeError, match="render failed"):
         synthesize(out, SynthesizeParams(n_samples=70))
