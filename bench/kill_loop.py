@@ -251,17 +251,6 @@ def kill_once(project: Path, stage: str, delay: float) -> tuple[bool, float]:
         return True, time.monotonic() - t0
 
 
-def stage_seconds(project: Path) -> dict[str, float]:
-    """Time each stage once (forced, alone), to place the kills within it."""
-    out = {}
-    for stage in STAGES:
-        _fresh(project, stage)
-        t0 = time.monotonic()
-        _dvc(project, "repro", "--force", "--single-item", stage)
-        out[stage] = time.monotonic() - t0
-    return out
-
-
 def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
     t_start = time.monotonic()
     rng = random.Random(seed)
@@ -269,8 +258,10 @@ def kill_loop(work: Path, kills: int, seed: int = 0, log=print) -> dict:
     _dvc(ref, "repro")
     reference = snapshot(ref)
     proj = make_project(work / "killed")
-    _dvc(proj, "repro")
-    durations = stage_seconds(proj)
+    first = dvc_adapter.stream(proj, ["repro"], environ=_env(proj))
+    if first.rc:
+        raise SystemExit(f"dvc repro in {proj} failed:\n" + "\n".join(first.tail))
+    durations = {s: first.stages[s] for s in STAGES}  # where to place the kills
     log(f"stage times (s): {', '.join(f'{k} {v:.1f}' for k, v in durations.items())}")
     rounds: list[dict] = []
     problems: list[str] = []

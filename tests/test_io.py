@@ -255,3 +255,20 @@ def test_the_next_write_anywhere_removes_what_a_killed_process_left(tmp_path, ca
         io.write_json(tmp_path / "elsewhere" / "m.json", {})  # another output altogether
     assert not left.exists() and alive.exists()
     assert f"leftover of killed process {dead.pid}" in caplog.text
+
+
+def test_keras_shared_object_ids_are_renumbered_keeping_what_is_shared() -> None:
+    import json
+
+    def config(a: int, b: int) -> bytes:
+        policy = {"class_name": "DTypePolicy", "shared_object_id": a}
+        other = {"class_name": "DTypePolicy", "shared_object_id": b}
+        return json.dumps({"layers": [{"dtype": policy}, {"dtype": policy}, {"dtype": other}]})
+
+    first = io.stable_config(config(140132964534096, 140132964599999).encode())
+    again = io.stable_config(config(140179135657936, 140179135600000).encode())
+    assert first == again  # two saves of the same model: same bytes
+    ids = [layer["dtype"]["shared_object_id"] for layer in json.loads(first)["layers"]]
+    assert ids == [1, 1, 2]  # shared stays shared, distinct stays distinct
+    plain = b'{"layers": []}'
+    assert io.stable_config(plain) is plain

@@ -238,10 +238,12 @@ def atomic_files(*finals: str | Path) -> Iterator[list[Path]]:
 def save_model(model, path: str | Path) -> None:
     """`model.save(path)` with no volatile metadata: the same model gives the same bytes.
 
-    Keras writes the save time into the archive's metadata.json and a timestamp on
-    every zip entry, so an unchanged model got a new hash on every save and made DVC
-    rerun everything downstream. Both are fixed here; the rest of the archive
-    (config and HDF5 weights) is already a function of the model alone.
+    Keras writes the save time into the archive's metadata.json, a timestamp on
+    every zip entry, and, for an object shared by several layers (a dtype policy),
+    its Python `id()` as `shared_object_id` in config.json; so an unchanged model
+    got a new hash on every save and made DVC rerun everything downstream. All
+    three are fixed here (the ids are renumbered in order of appearance, which
+    keeps what is shared with what); the HDF5 weights are a function of the model.
     """
     path = Path(path)
     raw = path.with_name(f".raw.{path.name}")
@@ -254,11 +256,33 @@ def save_model(model, path: str | Path) -> None:
                     meta = json.loads(data)
                     meta.pop("date_saved", None)
                     data = json.dumps(meta, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    data = stable_config(data)
                 fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
                 fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
                 dst.writestr(fixed, data)
     finally:
         raw.unlink(missing_ok=True)
+
+
+def stable_config(data: bytes) -> bytes:
+    """A Keras config.json with `shared_object_id`s renumbered 1, 2, ... in order of
+    appearance (Keras writes `id(obj)`, a memory address); unchanged if it has none."""
+    if b"shared_object_id" not in data:
+        return data
+    ids: dict[int, int] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {
+                k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else walk(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return json.dumps(walk(json.loads(data))).encode()
 
 
 def write_json(path: str | Path, obj: object) -> None:
