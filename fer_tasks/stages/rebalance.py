@@ -208,6 +208,15 @@ def _oversample_indices(
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
+_EMPTY_OVERSAMPLE = (
+    "cannot oversample class(es) with no images: {} (use method class_weight, or fix the data)"
+)
+_EMPTY_UNDERSAMPLE = (
+    "cannot undersample to a multiple of an empty class: {} has no images, "
+    "so every class would be cut to 0"
+)
+
+
 def _counts_without_empty(path: Path, labels: np.ndarray, message: str) -> np.ndarray:
     """Per-class counts; InputError (`message` with the empty classes) if any class has none."""
     counts = _class_counts(labels)
@@ -221,11 +230,7 @@ def _oversample(
     path: Path, images: np.ndarray, labels: np.ndarray, params: RebalanceParams
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Raise every class to target_ratio x the largest count; return images, labels, n added."""
-    counts = _counts_without_empty(
-        path,
-        labels,
-        "cannot oversample class(es) with no images: {} (use method class_weight, or fix the data)",
-    )
+    counts = _counts_without_empty(path, labels, _EMPTY_OVERSAMPLE)
     target = _round_half_up(params.target_ratio * int(counts.max()))
     targets = np.maximum(counts, target)
     select_rng, augment_rng, shuffle_rng = _rngs(params.seed)
@@ -243,12 +248,7 @@ def _undersample(
     path: Path, images: np.ndarray, labels: np.ndarray, params: RebalanceParams
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Cut every class to at most target_ratio x the smallest count; return images, labels, cap."""
-    counts = _counts_without_empty(
-        path,
-        labels,
-        "cannot undersample to a multiple of an empty class: {} has no "
-        "images, so every class would be cut to 0",
-    )
+    counts = _counts_without_empty(path, labels, _EMPTY_UNDERSAMPLE)
     cap = max(1, _round_half_up(params.target_ratio * int(counts.min())))
     select_rng, _, shuffle_rng = _rngs(params.seed)
     keep: list[np.ndarray] = []
