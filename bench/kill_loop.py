@@ -84,12 +84,7 @@ def _timing(key: str) -> bool:
 def _env(project: Path) -> dict:
     # the stage commands import the project copy's code, so editing the working tree
     # while the loop runs changes nothing in it
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PYTHONPATH": str(project),
-        "PYTHONHASHSEED": "0",
-    }
+    return dvc_adapter.env(PYTHONPATH=str(project), PYTHONHASHSEED="0")
 
 
 def _try(cwd: Path, *args: str) -> subprocess.CompletedProcess:

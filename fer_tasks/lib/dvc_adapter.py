@@ -12,6 +12,9 @@ pyproject.toml pins DVC to the minor versions those tests ran on.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 import os
 import re
 import shlex
@@ -25,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from fer_tasks.lib.errors import FerError
+
+log = logging.getLogger(__name__)
 
 TAIL_LINES = 40  # output lines carried in a failure's message
 RUNNING = re.compile(r"^Running stage '([^']+)'")
@@ -58,9 +63,6 @@ def repair_rwlock(cwd: Path) -> bool:
     only while no DVC process holds the repository lock (`.dvc/tmp/lock`, an
     flock), so a live process's lock table is never touched. True if it was reset.
     """
-    import fcntl
-    import json
-
     tmp = Path(cwd) / ".dvc" / "tmp"
     rwlock = tmp / "rwlock"
     try:
@@ -81,9 +83,7 @@ def repair_rwlock(cwd: Path) -> bool:
             write_json(rwlock, {"read": {}, "write": {}})
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-    import logging
-
-    logging.getLogger(__name__).warning(
+    log.warning(
         "%s was half-written by a killed DVC process; reset it (no DVC process was running)",
         rwlock,
     )
@@ -207,8 +207,6 @@ class Plan:
 def plan(cwd: Path) -> Plan:
     """What bare `dvc repro` would consider, from three read-only DVC commands:
     its order (`repro --dry --force`), the graph (`dag --dot`), what changed (`status`)."""
-    import json
-
     order = [
         m.group(1)
         for line in dvc(cwd, "repro", "--dry", "--force").splitlines()
@@ -285,8 +283,6 @@ def queue_start(cwd: Path, jobs: int) -> str:
 
 
 def exp_show(cwd: Path) -> list:
-    import json
-
     return json.loads(dvc(cwd, "exp", "show", "--json", "--no-pager") or "[]")
 
 
