@@ -162,3 +162,18 @@ def test_exponent_floats_read_as_dvc_reads_them(tmp_path):
     # YAML 1.1 would make `1e-4` a string, which a strict float field refuses
     path = _edit_text(tmp_path, "  l2_coef: 0.0001", "  l2_coef: 1e-4")
     assert load_params(path).base.l2_coef == 1e-4
+
+
+def test_ema_momentum_needs_use_ema(tmp_path):
+    def edit(use_ema):
+        def f(d):
+            d["finetune"]["phases"]["block5"].update(ema_momentum=0.95)
+            if use_ema:
+                d["finetune"]["phases"]["block5"]["use_ema"] = True
+
+        return f
+
+    with pytest.raises(ParamsError, match="ema_momentum has no effect without use_ema"):
+        load_params(_write(tmp_path, edit(False)))
+    phase = load_params(_write(tmp_path, edit(True))).finetune.phases["block5"]
+    assert phase.use_ema and phase.ema_momentum == 0.95

@@ -250,3 +250,70 @@ def test_mixup_phase_trains_with_class_weights(root, splits):
     # soft labels and Keras' class_weight together (it weights by the dominant class)
     s = _run(root, splits, "top", "base", unfreeze="top", epochs=1, mixup=0.4)
     assert s["epoch_end"] == 1 and np.isfinite(s["val_loss"])
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def test_ema_extended_run_equals_straight_run(tmp_path, tiny_backbone, splits, caplog):
+    """With use_ema the checkpoint carries the moving average: resuming continues it."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fer_tasks.stages.phase")
+    ema = {"use_ema": True, "ema_momentum": 0.9}
+    for variant in ("straight", "extended"):
+        root = tmp_path / variant
+        build_base(tiny_backbone, root / "phases" / "base", BaseModelParams())
+        if variant == "extended":
+            _run(root, splits, "top", "base", unfreeze="top", epochs=2, **ema)
+            caplog.clear()
+        _run(root, splits, "top", "base", unfreeze="top", epochs=4, **ema)
+    assert "resuming from checkpoint at epoch 2 (target 4)" in caplog.text
+    straight, extended = (
+        _weights(tmp_path / v / "phases/top/model.keras") for v in ("straight", "extended")
+    )
+    assert max(float(np.abs(a - b).max()) for a, b in zip(straight, extended, strict=True)) < 1e-5
+    # the phase's model holds the averaged weights; the checkpoint the raw ones, so they differ
+    raw = _weights(tmp_path / "straight" / "ckpt/top/last/model.keras")
+    assert max(float(np.abs(a - b).max()) for a, b in zip(straight, raw, strict=True)) > 1e-4
+
+
+def test_ema_resumed_at_its_target_still_gets_the_average(root, splits):
+    """A checkpoint at the target epoch (killed after the last epoch): no fit runs, yet the
+    published model is the averaged one, as after a straight run."""
+    ema = {"use_ema": True, "ema_momentum": 0.9}
+    _run(root, splits, "top", "base", unfreeze="top", epochs=2, **ema)
+    first = _weights(root / "phases" / "top" / "model.keras")
+    (root / "phases" / "top" / "model.keras").unlink()
+    _run(root, splits, "top", "base", unfreeze="top", epochs=2, **ema)
+    again = _weights(root / "phases" / "top" / "model.keras")
+    assert max(float(np.abs(a - b).max()) for a, b in zip(first, again, strict=True)) < 1e-6
+
+
+def test_ema_keys_enter_the_fingerprint_only_when_on(tmp_path):
+    from fer_tasks.stages.phase import _fingerprint
+
+    plain = PhaseParams(after="base", epochs=1)
+    on = PhaseParams(after="base", epochs=1, use_ema=True)
+    faster = PhaseParams(after="base", epochs=1, use_ema=True, ema_momentum=0.9)
+    prints = {_fingerprint(p, []) for p in (plain, on, faster)}
+    assert len(prints) == 3
+    # a checkpoint written before the EMA keys existed keeps its fingerprint
+    fields = plain.model_dump(
+        exclude={
+            "epochs",
+            "max_class_share",
+            "on_collapse",
+            "strategy",
+            "devices",
+            "use_ema",
+            "ema_momentum",
+        }
+    )
+    import hashlib
+
+    old = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    assert _fingerprint(plain, []) == old

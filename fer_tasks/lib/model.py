@@ -19,14 +19,20 @@ def compile_model(
     model: keras.Model,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
     label_smoothing: float = 0.0,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
 ) -> None:
     """Adam + categorical cross-entropy + accuracy, as in the write-up.
 
     `label_smoothing` > 0 trains towards (1 - s) on the true class and s / 7 spread
     over all classes (Keras' CategoricalCrossentropy); 0 is the write-up's plain loss.
+    `use_ema` keeps an exponential moving average of the trainable weights in the
+    optimizer (saved with it); `fit` ends by copying it into the model.
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(
+            learning_rate=learning_rate, use_ema=use_ema, ema_momentum=ema_momentum
+        ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )

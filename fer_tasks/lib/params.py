@@ -141,6 +141,10 @@ class PhaseParams(_Section):
     zoom: float = Field(0.0, ge=0.0, le=0.5)
     # mixup's Beta(alpha, alpha) parameter (0 = off; 0.2-0.4 is the usual range)
     mixup: float = Field(0.0, ge=0.0, le=10.0)
+    # an exponential moving average of the weights (Keras' `use_ema`): the phase's
+    # model gets the averaged weights; the checkpoint keeps both, so resuming continues it
+    use_ema: bool = False
+    ema_momentum: float = Field(0.99, gt=0.0, lt=1.0)
     seed: Seed = 0
     deterministic: bool = False
     max_class_share: float = Field(0.9, gt=0.0, le=1.0)
@@ -174,6 +178,12 @@ class PhaseParams(_Section):
             )
         if self.lr_min > self.learning_rate:
             raise InputError(f"lr_min {self.lr_min} is above learning_rate {self.learning_rate}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_ema(self) -> PhaseParams:
+        if "ema_momentum" in self.model_fields_set and not self.use_ema:
+            raise InputError("ema_momentum has no effect without use_ema: true")
         return self
 
     @model_validator(mode="after")

@@ -17,6 +17,9 @@ its fingerprint (parent model, training data, class weights and every phase
 param except `epochs`) matches; an unreadable one is reported and ignored.
 Under a `strategy` (fer_tasks/lib/distribute.py) the model is loaded and
 compiled inside the strategy's scope; the checkpoint stays a plain .keras model.
+With `use_ema` the optimizer's moving average of the weights is part of the
+checkpoint (the model there keeps its raw weights), and the phase's model
+gets the averaged weights, so an extended phase ends where a straight one does.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ def _sha256(path: Path) -> str:
 
 
 def _fingerprint(params: PhaseParams, inputs: list[Path]) -> str:
-    fields = params.model_dump(exclude=_NOT_FINGERPRINTED)
+    # EMA keys only when EMA is on, so checkpoints from before they existed stay valid
+    off = set() if params.use_ema else {"use_ema", "ema_momentum"}
+    fields = params.model_dump(exclude=_NOT_FINGERPRINTED | off)
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for p in inputs:
         h.update(_sha256(p).encode())
@@ -287,7 +292,9 @@ def train_phase(
             )
             unfreeze_model(model, params.unfreeze, params.unfreeze_bn)
             # recompile: trainability changes need it
-            compile_model(model, lr_fn(start), params.label_smoothing)
+            compile_model(
+                model, lr_fn(start), params.label_smoothing, params.use_ema, params.ema_momentum
+            )
             initial, own_history = start, []
 
     x_train, y_train = load_split(train_path)
@@ -336,6 +343,8 @@ def train_phase(
             verbose=1 if sys.stdout.isatty() else 2,
         )
 
+    if params.use_ema:  # what fit ends with; also when a checkpoint at the target was resumed
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     probs = model.predict(eval_dataset(x_val, None, 256), verbose=0)
     pred = probs.argmax(1)
     summary = {
