@@ -177,3 +177,13 @@ def test_ema_momentum_needs_use_ema(tmp_path):
         load_params(_write(tmp_path, edit(False)))
     phase = load_params(_write(tmp_path, edit(True))).finetune.phases["block5"]
     assert phase.use_ema and phase.ema_momentum == 0.95
+
+
+def test_roles_are_checked(tmp_path):
+    path = _edit_text(tmp_path, "    test: auto", "    test: PrivateTst")
+    with pytest.raises(
+        ParamsError, match=rf"line {_line_of(path, 'PrivateTst')}: prepare.roles.test"
+    ):
+        load_params(path)
+    path = _edit_text(tmp_path, "    val: auto", "    val: PrivateTest")
+    assert load_params(path).prepare.roles.val == "PrivateTest"

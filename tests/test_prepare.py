@@ -219,12 +219,88 @@ def test_carving_is_seeded(tmp_path: Path) -> None:
     assert ids("c", 8) != first
 
 
-def test_only_test_carved_when_val_present(tmp_path: Path) -> None:
+def test_publictest_alone_is_test_and_val_is_carved(tmp_path: Path) -> None:
+    # the shared FER2013 copy: Training and PublicTest, no PrivateTest
     rows = _rows(28, ("Training", "PublicTest"))
-    report = _run(tmp_path, _write_csv(tmp_path / "fer.csv", _csv_lines(rows)))
+    report = _run(tmp_path, _write_csv(tmp_path / "fer.csv", _csv_lines(rows)), val_fraction=0.15)
+    assert report["carved"] == ["val"] and report["unused"] == []
+    assert report["splits"]["test"]["origin"] == "PublicTest"
+    assert report["splits"]["test"]["total"] == 14
+    assert report["splits"]["val"]["origin"] == "carved from train"
+    assert report["splits"]["train"]["total"] + report["splits"]["val"]["total"] == 14
+    test_ids = {_row_id(im) for im in _splits(tmp_path)["test"][0]}
+    assert test_ids == {i for i, _, u in rows if u == "PublicTest"}
+
+
+def test_roles_can_name_the_source_split(tmp_path: Path) -> None:
+    # the former protocol on demand: PublicTest as val, test carved from Training
+    rows = _rows(28, ("Training", "PublicTest"))
+    src = _write_csv(tmp_path / "fer.csv", _csv_lines(rows))
+    report = _run(tmp_path, src, roles={"val": "PublicTest", "test": "auto"})
     assert report["carved"] == ["test"]
+    assert report["splits"]["val"]["origin"] == "PublicTest"
     assert report["splits"]["val"]["total"] == 14
-    assert report["splits"]["train"]["total"] + report["splits"]["test"]["total"] == 14
+
+
+def test_unused_held_out_split_is_left_out_and_reported(tmp_path: Path) -> None:
+    rows = _rows(21)
+    src = _write_csv(tmp_path / "fer.csv", _csv_lines(rows))
+    report = _run(tmp_path, src, roles={"val": "carve", "test": "PrivateTest"})
+    assert report["unused"] == ["PublicTest"] and report["carved"] == ["val"]
+    ids = {_row_id(im) for v in _splits(tmp_path).values() for im in v[0]}
+    assert not ids & {i for i, _, u in rows if u == "PublicTest"}
+
+
+def test_a_role_naming_a_missing_split_fails_naming_key_and_source(tmp_path: Path) -> None:
+    src = _write_csv(tmp_path / "fer.csv", _csv_lines(_rows(28, ("Training", "PublicTest"))))
+    _expect_error(
+        tmp_path,
+        src,
+        str(src),
+        "prepare.roles.test is PrivateTest",
+        "has PublicTest",
+        roles={"test": "PrivateTest"},
+    )
+    # the other direction: a split the source has is accepted in that role
+    assert _run(tmp_path, src, roles={"test": "PublicTest"})["carved"] == ["val"]
+
+
+@pytest.mark.parametrize(
+    ("present", "roles", "expected"),
+    [
+        ({"PublicTest", "PrivateTest"}, {}, {"val": "PublicTest", "test": "PrivateTest"}),
+        ({"PublicTest"}, {}, {"val": "carve", "test": "PublicTest"}),
+        ({"PrivateTest"}, {}, {"val": "carve", "test": "PrivateTest"}),
+        (set(), {}, {"val": "carve", "test": "carve"}),
+        ({"PublicTest"}, {"val": "PublicTest"}, {"val": "PublicTest", "test": "carve"}),
+        (
+            {"PublicTest", "PrivateTest"},
+            {"test": "PublicTest"},
+            {"val": "carve", "test": "PublicTest"},
+        ),
+        (
+            {"PublicTest", "PrivateTest"},
+            {"val": "PrivateTest"},
+            {"val": "PrivateTest", "test": "PublicTest"},
+        ),
+        ({"PublicTest", "PrivateTest"}, {"val": "carve"}, {"val": "carve", "test": "PrivateTest"}),
+    ],
+)
+def test_resolve_roles(present, roles, expected) -> None:
+    from fer_tasks.lib.params import SplitRoles
+    from fer_tasks.stages.prepare import resolve_roles
+
+    assert resolve_roles(present, SplitRoles(**roles)) == expected
+
+
+def test_one_split_cannot_play_both_roles() -> None:
+    from pydantic import ValidationError
+
+    from fer_tasks.lib.params import SplitRoles
+
+    with pytest.raises(ValidationError, match="both PublicTest"):
+        SplitRoles(val="PublicTest", test="PublicTest")
+    assert SplitRoles(val="carve", test="carve").val == "carve"  # carving both is fine
 
 
 # --------------------------------------------------------------------- folder
@@ -235,11 +311,11 @@ def test_folder_tree(tmp_path: Path) -> None:
     (root / "train" / "HAPPY" / ".DS_Store").write_bytes(b"junk")  # hidden files ignored
     report = _run(tmp_path, root)
     assert report["kind"] == "folder"
-    assert report["carved"] == ["test"]  # test/ became val
-    assert report["splits"]["val"]["origin"] == "test/"
-    assert report["splits"]["val"]["counts"] == dict.fromkeys(CLASS_NAMES, 3)
+    assert report["carved"] == ["val"]  # test/ (PublicTest in the common release) is test
+    assert report["splits"]["test"]["origin"] == "test/"
+    assert report["splits"]["test"]["counts"] == dict.fromkeys(CLASS_NAMES, 3)
     out = _splits(tmp_path)
-    assert len(out["train"][1]) + len(out["test"][1]) == 21
+    assert len(out["train"][1]) + len(out["val"][1]) == 21
     for images, labels in out.values():
         assert images.dtype == np.uint8 and images.shape[1:] == (48, 48)
         for im, y in zip(images, labels, strict=True):
@@ -266,7 +342,7 @@ def test_rgb_to_gray_conversion(tmp_path: Path) -> None:
             _save_img(root / s / name / "x.png", Image.new("RGB", (96, 96), (200, 100, 50)))
             _save_img(root / s / name / "y.png", Image.new("RGB", (96, 96), (10 * c, 0, 0)))
     _run(tmp_path, root)
-    images, labels = _splits(tmp_path)["val"]
+    images, labels = _splits(tmp_path)["test"]
     bright = images[np.median(images.reshape(len(images), -1), axis=1) > 100]
     assert len(bright) == 7 and (bright == 124).all()  # ITU-R 601-2 luma: L = .299R+.587G+.114B
 
@@ -493,7 +569,7 @@ def test_skip_bad_images(tmp_path: Path) -> None:
         os.path.join("train", "Fear", "broken.png"),
         os.path.join("test", "Sad", "bomb.png"),
     }
-    assert report["splits"]["val"]["total"] == 21
+    assert report["splits"]["test"]["total"] == 21
 
 
 # ------------------------------------------------------------------ real data
@@ -510,12 +586,12 @@ def test_real_fer2013(tmp_path: Path) -> None:
     src = Path(os.environ.get("FER2013_CSV", default))
     if not src.is_file():
         pytest.skip(f"FER2013 CSV not found at {src} (set FER2013_CSV to its path)")
-    report = _run(tmp_path, src)
+    report = _run(tmp_path, src)  # no PrivateTest: PublicTest is test, val carved (~10 %)
     counts = {s: list(report["splits"][s]["counts"].values()) for s in ("train", "val", "test")}
-    assert counts["val"] == REAL_PUBLIC_TEST
-    assert [a + b for a, b in zip(counts["train"], counts["test"], strict=True)] == REAL_TRAINING
-    assert report["carved"] == ["test"]
+    assert counts["test"] == REAL_PUBLIC_TEST
+    assert [a + b for a, b in zip(counts["train"], counts["val"], strict=True)] == REAL_TRAINING
+    assert report["carved"] == ["val"] and report["splits"]["val"]["total"] == 2871
     assert report["skipped"]["count"] == 0
-    images, labels = load_split(tmp_path / "out" / "val.npz")
+    images, labels = load_split(tmp_path / "out" / "test.npz")
     assert images.shape == (3589, 48, 48) and images.dtype == np.uint8
     assert np.bincount(labels, minlength=7).tolist() == REAL_PUBLIC_TEST

@@ -52,11 +52,33 @@ class SynthesizeParams(_Section):
         return self
 
 
+Role = Literal["auto", "PublicTest", "PrivateTest", "carve"]
+
+
+class SplitRoles(_Section):
+    """Which source split plays val and which plays test (train is always Training).
+
+    `auto`: PublicTest -> val and PrivateTest -> test when the source has both;
+    with one held-out split, that one is test and val is carved from Training;
+    with none, both are carved. `carve`: drawn from Training, stratified, seeded.
+    """
+
+    val: Role = "auto"
+    test: Role = "auto"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SplitRoles:
+        if self.val == self.test and self.val not in ("auto", "carve"):
+            raise InputError(f"val and test are both {self.val}: one split cannot play both roles")
+        return self
+
+
 class PrepareParams(_Section):
     # FER2013 CSV (plain or .gz) or an image-folder tree with train/ and test/
     source: str = Field("data/raw/synthetic/fer_synth.csv", min_length=1)
     format: Literal["auto", "csv", "folder"] = "auto"
-    # used only when the source lacks PublicTest (val) or PrivateTest (test)
+    roles: SplitRoles = SplitRoles()
+    # shares of Training carved as val / test when their role is carved
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     on_bad_row: Literal["error", "skip"] = "error"

@@ -3,14 +3,22 @@
 Sources
     * the ICML 2013 challenge CSV ``emotion,pixels,Usage`` (plain or gzip, detected by
       the ``.gz`` suffix or the gzip magic bytes; without a ``Usage`` column every row
-      is Training). ``Training`` -> train, ``PublicTest`` -> val, ``PrivateTest`` -> test.
+      is Training).
     * an image-folder tree ``<source>/train/<class>/*`` and ``<source>/test/<class>/*``
-      (the common FER2013 image release, whose test/ holds PublicTest -> val). When a
-      ``val/`` folder exists too, val/ -> val and test/ -> test. Class folder names are
-      matched case-insensitively; every image is converted to 48x48 grayscale.
+      (the common FER2013 image release, whose test/ holds PublicTest). When a
+      ``val/`` folder exists too, it is PublicTest and test/ is PrivateTest. Class
+      folder names are matched case-insensitively; every image is converted to
+      48x48 grayscale.
 
-A split the source lacks is carved from train, stratified by class and seeded
-(test first, then val, each sized from the original train count).
+Roles (``prepare.roles``). Training is always train. With ``auto`` (the
+default), a source with both held-out splits gives the standard protocol,
+PublicTest -> val and PrivateTest -> test; a source with one of them (the
+shared FER2013 copy lacks PrivateTest) makes that one the test split and
+carves val from Training; a source with neither carves both. Either role can
+also name its source split or ``carve``. A held-out split that plays no role
+is left out and listed in the report as unused. Carving is stratified by
+class and seeded (test first, then val, each sized from the original train
+count), so model choices are made on val and test is read once, by evaluate.
 
 The readers are in lib/sources.py (the CSV is streamed in blocks of
 ``chunk_rows`` records, so peak memory is the uint8 output plus one block).
@@ -28,7 +36,7 @@ import numpy as np
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
 from fer_tasks.lib.io import atomic_path, save_split, write_json
-from fer_tasks.lib.params import USAGES, PrepareParams
+from fer_tasks.lib.params import USAGES, PrepareParams, SplitRoles
 from fer_tasks.lib.sources import SPLITS, PrepareError, Skips, read_csv, read_folder
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,31 @@ def _stratified_take(labels: np.ndarray, k: int, rng: np.random.Generator) -> np
         rng.permutation(np.flatnonzero(labels == c))[: per_class[c]] for c in range(NUM_CLASSES)
     ]
     return np.sort(np.concatenate(taken))
+
+
+HELD_OUT = USAGES[1:]  # PublicTest, PrivateTest
+
+
+def resolve_roles(present: set[str], roles: SplitRoles) -> dict[str, str]:
+    """Role (val, test) -> the held-out source split that plays it, or "carve".
+
+    `present`: the held-out splits the source has. `auto` gives test the
+    PrivateTest when there is one, else the PublicTest, and val the PublicTest
+    only when test did not take it; an explicit source split must be present.
+    """
+    chosen = {"val": roles.val, "test": roles.test}
+    for role, src in chosen.items():
+        if src in HELD_OUT and src not in present:
+            have = ", ".join(sorted(present)) or "no held-out split"
+            raise PrepareError(
+                f"prepare.roles.{role} is {src}, but the source has {have} (use auto or carve)"
+            )
+    for role, prefer in (("test", ("PrivateTest", "PublicTest")), ("val", ("PublicTest",))):
+        if chosen[role] == "auto":
+            taken = set(chosen.values())
+            free = [u for u in prefer if u in present and u not in taken]
+            chosen[role] = free[0] if free else "carve"
+    return chosen
 
 
 def _carve_missing(source: Path, splits: dict[str, tuple], params: PrepareParams) -> list[str]:
@@ -128,13 +161,39 @@ def _split_summary(labels: np.ndarray, origin: str) -> dict:
     }
 
 
+def _assign_roles(
+    source: Path, splits: dict[str, tuple], origins: dict[str, str], roles: SplitRoles
+) -> list[str]:
+    """Put each held-out split in the role `roles` gives it (in place); return the unused.
+
+    The readers file PublicTest under "val" and PrivateTest under "test"; a role
+    to be carved is left empty for `_carve_missing`.
+    """
+    held = {
+        u: (splits[s], origins.get(s, u)) for u, s in zip(HELD_OUT, ("val", "test"), strict=True)
+    }
+    present = {u for u, (data, _) in held.items() if len(data[1])}
+    try:
+        chosen = resolve_roles(present, roles)
+    except PrepareError as err:
+        raise PrepareError(f"{source}: {err}") from None
+    empty = (splits["train"][0][:0], splits["train"][1][:0])
+    for role, src in chosen.items():
+        splits[role], origins[role] = held[src] if src != "carve" else (empty, "carve")
+    unused = sorted(present - set(chosen.values()))
+    for u in unused:
+        logger.warning("%s: %s plays no role (prepare.roles) and is left out", source, u)
+    return unused
+
+
 def prepare(source: Path | None, out_dir: Path, report_path: Path, params: PrepareParams) -> dict:
     """Read `source` (default: `prepare.source`), a CSV or image-folder tree; write
     out_dir/{train,val,test}.npz and a report.
 
     Returns the report: source, kind, per split the origin, per-class counts and
-    total, the carved splits and the skipped rows. Raises PrepareError naming the
-    file and line (or path) on bad input; nothing is written then.
+    total, the carved splits, the unused held-out splits and the skipped rows.
+    Raises PrepareError naming the file and line (or path) on bad input;
+    nothing is written then.
     """
     source = Path(source if source is not None else params.source)
     out_dir, report_path = Path(out_dir), Path(report_path)
@@ -147,6 +206,7 @@ def prepare(source: Path | None, out_dir: Path, report_path: Path, params: Prepa
         origins = {s: u for u, s in zip(USAGES, SPLITS, strict=True)}
     else:
         splits, origins = read_folder(source, skips)
+    unused = _assign_roles(source, splits, origins, params.roles)
     carved = _carve_missing(source, splits, params)
     for s in carved:
         origins[s] = "carved from train"
@@ -155,6 +215,7 @@ def prepare(source: Path | None, out_dir: Path, report_path: Path, params: Prepa
         "kind": kind,
         "splits": {s: _split_summary(splits[s][1], origins[s]) for s in SPLITS},
         "carved": carved,
+        "unused": unused,
         "skipped": {"count": skips.count, "first": skips.first},
         "params": params.model_dump(),
     }
