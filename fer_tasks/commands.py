@@ -91,11 +91,22 @@ STAGES: dict[str, Stage] = {
         "finetune",
         ("name",),
     ),
+    "calibrate": Stage(
+        M + "calibrate:calibrate",
+        "fit the temperature (and fix flip TTA) on the validation split",
+        (
+            ("--model", "final phase model.keras"),
+            ("--val", "validation split .npz"),
+            ("--out", "calibration JSON to write (the recipe and its val figures)"),
+        ),
+        "calibrate",
+    ),
     "evaluate": Stage(
         M + "evaluate:evaluate",
         "score the final model on the test split, side by side with the SVM baseline",
         (
             ("--model", "final phase model.keras"),
+            ("--calibration?", "calibrate's JSON (default: T = 1, no TTA)"),
             ("--test", "test split .npz"),
             ("--svm-metrics?", "SVM metrics.json for the comparison table"),
             ("--out", "reports dir"),
@@ -114,10 +125,11 @@ STAGES: dict[str, Stage] = {
     ),
     "export": Stage(
         M + "export:export_tflite",
-        "TFLite float32/float16/int8 exports with test accuracy, size and latency",
+        "calibrated TFLite float32/float16/int8 exports with test accuracy, size and latency",
         (
             ("--model", "final phase model.keras"),
-            ("--train", "train .npz (int8 calibration)"),
+            ("--calibration?", "calibrate's JSON (default: T = 1, no TTA)"),
+            ("--train", "train .npz (int8 representative images)"),
             ("--test", "test split .npz"),
             ("--out", "output dir for the .tflite files"),
             ("--report", "export report JSON"),

@@ -63,7 +63,7 @@ def test_real_pipeline_work_clone_is_the_project_with_the_preset_and_the_csv(
 
     p = load_params(work / "params.yaml")  # valid, with the preset applied
     assert p.prepare.source == "data/raw/faces.csv"
-    assert p.model.input_size == 96 and p.evaluate.split == "val"
+    assert p.model.input_size == 96 and p.prepare.roles.test == "auto"
     assert p.finetune.phases["all"].lr_horizon == 18
     dvcfile = yaml.safe_load((work / "data/raw/faces.csv.dvc").read_text())
     assert dvcfile["outs"][0]["path"] == "faces.csv"  # DVC tracks the data, git the .dvc file

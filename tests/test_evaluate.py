@@ -36,15 +36,18 @@ def setup(tmp_path_factory) -> dict[str, Path]:
         },
     }
     write_json(root / "svm.json", {"val": svm, "test": svm})
+    # a recipe as the calibrate stage writes one: T = 2 and flip TTA
+    write_json(root / "calibration.json", {"temperature": 2.0, "tta_flip": True, "split": "val"})
     out = root / "out"
     metrics = evaluate(
         root / "model.keras",
+        root / "calibration.json",
         root / "test.npz",
         root / "svm.json",
         out,
         EvaluateParams(batch_size=32),
     )
-    return {"root": root, "out": out, "metrics": metrics, "y_test": y_test}
+    return {"root": root, "out": out, "metrics": metrics, "x_test": x_test, "y_test": y_test}
 
 
 def _confusion_from_csv(path: Path) -> np.ndarray:
@@ -63,9 +66,14 @@ def test_outputs_exist_and_metrics_json_matches_return(setup) -> None:
         "comparison.md",
         "confusion.csv",
         "confusion.png",
+        "errors.json",
+        "errors.png",
         "metrics.json",
+        "per_class.png",
+        "reliability.png",
     ]
-    assert (out / "confusion.png").read_bytes()[:8] == PNG_MAGIC
+    for png in ("confusion.png", "errors.png", "per_class.png", "reliability.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
     assert read_json(out / "metrics.json") == setup["metrics"]
     assert list(setup["metrics"]) == [
         "split",
@@ -75,7 +83,14 @@ def test_outputs_exist_and_metrics_json_matches_return(setup) -> None:
         "macro_f1",
         "per_class",
         "predicted_share",
+        "calibration",
     ]
+    assert setup["metrics"]["split"] == "test"
+    cal = setup["metrics"]["calibration"]
+    assert list(cal) == ["temperature", "tta_flip", "ece_bins", "before", "after"]
+    assert (cal["temperature"], cal["tta_flip"], cal["ece_bins"]) == (2.0, True, 15)
+    assert set(cal["before"]) == set(cal["after"]) == {"nll", "ece"}
+    assert cal["before"] != cal["after"]
     assert list(setup["metrics"]["per_class"]) == list(CLASS_NAMES)
     assert list(setup["metrics"]["predicted_share"]) == list(CLASS_NAMES)
 
@@ -140,6 +155,7 @@ def test_bad_svm_metrics_and_bad_test_split_fail_clearly(setup, tmp_path: Path) 
     with pytest.raises(ValueError, match="'test' section"):
         evaluate(
             root / "model.keras",
+            None,
             root / "test.npz",
             tmp_path / "svm.json",
             tmp_path / "out",
@@ -148,7 +164,12 @@ def test_bad_svm_metrics_and_bad_test_split_fail_clearly(setup, tmp_path: Path) 
     np.savez(tmp_path / "bad.npz", images=np.zeros((3, 32, 32), np.uint8), labels=np.zeros(3))
     with pytest.raises(ValueError, match="uint8 \\(N, 48, 48\\)"):
         evaluate(
-            root / "model.keras", tmp_path / "bad.npz", None, tmp_path / "out", EvaluateParams()
+            root / "model.keras",
+            None,
+            tmp_path / "bad.npz",
+            None,
+            tmp_path / "out",
+            EvaluateParams(),
         )
     assert not (tmp_path / "out").exists()
 
@@ -188,27 +209,102 @@ def test_summary_rejects_a_file_that_is_not_evaluate_metrics(setup, tmp_path) ->
 
 def test_evaluate_without_svm_metrics_writes_no_comparison(setup, tmp_path) -> None:
     root = setup["root"]
-    evaluate(root / "model.keras", root / "test.npz", None, tmp_path / "out", EvaluateParams())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "confusion.csv",
-        "confusion.png",
-        "metrics.json",
-    ]
-
-
-def test_val_split_is_named_and_compared_with_the_svm_on_val(setup, tmp_path) -> None:
-    root = setup["root"]
-    svm = read_json(root / "svm.json")
-    svm["val"] = {**svm["val"], "accuracy": 0.123}  # tell the two sections apart
-    write_json(tmp_path / "svm.json", svm)
-    m = evaluate(
-        root / "model.keras",
-        root / "test.npz",
-        tmp_path / "svm.json",
-        tmp_path / "out",
-        EvaluateParams(batch_size=32, split="val"),
+    evaluate(
+        root / "model.keras", None, root / "test.npz", None, tmp_path / "out", EvaluateParams()
     )
-    assert m["split"] == "val" and setup["metrics"]["split"] == "test"
-    md = (tmp_path / "out" / "comparison.md").read_text()
-    assert md.startswith("# Val split:") and "| 12.3 % |" in md
-    assert "| 12.3 % |" not in (setup["out"] / "comparison.md").read_text()
+    assert "comparison.md" not in {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def _model_logits(setup, images: np.ndarray) -> np.ndarray:
+    import keras
+
+    from fer_tasks.lib.model import logit_model
+
+    model = keras.saving.load_model(setup["root"] / "model.keras", compile=False)
+    return logit_model(model).predict(images[..., None].astype("float32"), verbose=0)
+
+
+def test_scores_the_mean_of_the_calibrated_softmax_of_face_and_mirror(setup) -> None:
+    from fer_tasks.lib.calibration import ece, nll, softmax
+
+    x, y = setup["x_test"], setup["y_test"]
+    plain, mirrored = _model_logits(setup, x), _model_logits(setup, x[:, :, ::-1])
+    probs = (softmax(plain, 2.0) + softmax(mirrored, 2.0)) / 2
+    m = setup["metrics"]
+    assert m["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    assert m["calibration"]["after"]["nll"] == pytest.approx(nll(probs, y))
+    assert m["calibration"]["after"]["ece"] == pytest.approx(ece(probs, y))
+    before = (softmax(plain) + softmax(mirrored)) / 2
+    assert m["calibration"]["before"]["nll"] == pytest.approx(nll(before, y))
+
+
+def test_without_a_recipe_the_model_softmax_is_scored(setup, tmp_path) -> None:
+    root = setup["root"]
+    m = evaluate(
+        root / "model.keras", None, root / "test.npz", None, tmp_path / "out", EvaluateParams()
+    )
+    cal = m["calibration"]
+    assert (cal["temperature"], cal["tta_flip"]) == (1.0, False)
+    assert cal["before"] == cal["after"]
+
+
+def test_an_export_recipe_is_refused(setup, tmp_path) -> None:
+    root = setup["root"]
+    write_json(tmp_path / "inference.json", {"temperature": 2.0, "temperature_in_model": True})
+    with pytest.raises(ValueError, match="an export's recipe"):
+        evaluate(
+            root / "model.keras",
+            tmp_path / "inference.json",
+            root / "test.npz",
+            None,
+            tmp_path / "out",
+            EvaluateParams(),
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_gallery_on_known_predictions() -> None:
+    from fer_tasks.stages.evaluate import error_gallery
+
+    # true classes, predicted class with its probability
+    rows = [(0, 1, 0.9), (0, 0, 0.99), (0, 2, 0.95), (0, 3, 0.5), (1, 0, 0.8), (2, 2, 0.7)]
+    probs = np.array([_onehot_like(pred, p) for _, pred, p in rows])
+    y = np.array([t for t, _, _ in rows])
+    g = error_gallery(y, probs, per_class=2)
+    assert list(g) == list(CLASS_NAMES)
+    # angry: three mistakes (rows 0, 2, 3); the two most confident, most confident first
+    assert [(e["index"], e["predicted"]) for e in g["angry"]] == [(2, "fear"), (0, "disgust")]
+    assert g["angry"][0]["probability"] == pytest.approx(0.95)
+    assert [e["index"] for e in g["disgust"]] == [4]
+    assert g["fear"] == [] and g["happy"] == []  # right, or no faces of that class
+    assert error_gallery(y, probs, per_class=5)["angry"][-1]["index"] == 3
+
+
+def _onehot_like(cls: int, p: float) -> list[float]:
+    row = [(1 - p) / 6] * 7
+    row[cls] = p
+    return row
+
+
+def test_stage_gallery_lists_only_misclassified_faces(setup) -> None:
+    import csv as csv_module
+
+    gallery = read_json(setup["out"] / "errors.json")["per_class"]
+    with open(setup["out"] / "confusion.csv", newline="") as fh:
+        rows = list(csv_module.DictReader(fh))  # one row per test face, in order
+    entries = [e for v in gallery.values() for e in v]
+    assert entries, "the tiny model makes mistakes: the gallery has faces"
+    for name, items in gallery.items():
+        assert len(items) <= 4
+        probs = [e["probability"] for e in items]
+        assert probs == sorted(probs, reverse=True)
+        for e in items:
+            row = rows[e["index"]]
+            assert e["true"] == name == row["actual"] == CLASS_NAMES[setup["y_test"][e["index"]]]
+            assert e["predicted"] == row["predicted"] != row["actual"]
+    # and every class shows as many of its mistakes as it has, up to gallery_per_class
+    assert len(entries) == sum(min(4, _wrong_of(rows, c)) for c in CLASS_NAMES)
+
+
+def _wrong_of(rows: list[dict], name: str) -> int:
+    return sum(r["actual"] == name != r["predicted"] for r in rows)

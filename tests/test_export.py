@@ -45,6 +45,7 @@ def exported(tmp_path_factory) -> dict:
     params = ExportParams(representative_samples=100, latency_runs=20, seed=0)
     report = export_tflite(
         root / "model.keras",
+        None,
         root / "train.npz",
         root / "test.npz",
         root / "export",
@@ -71,10 +72,18 @@ def test_report_has_every_field(exported) -> None:
     assert report["int8_ok"] is True
     assert report["latency"]["threads"] == 1 and report["latency"]["runs"] == 20
     assert sorted(p.name for p in (root / "export").iterdir()) == [
+        "inference.json",
         "model_float16.tflite",
         "model_float32.tflite",
         "model_int8.tflite",
     ]
+    # without a recipe: the model's own softmax, no TTA
+    assert read_json(root / "export" / "inference.json") == {
+        "temperature": 1.0,
+        "tta_flip": False,
+        "temperature_in_model": True,
+    }
+    assert (report["temperature"], report["tta_flip"]) == (1.0, False)
 
 
 def test_int8_is_smaller_and_takes_raw_uint8_pixels(exported) -> None:
@@ -129,6 +138,7 @@ def test_stage_fails_after_writing_report_when_int8_drop_too_big(
     ):
         export_tflite(
             root / "model.keras",
+            None,
             root / "train.npz",
             root / "test.npz",
             tmp_path / "export",
@@ -157,6 +167,7 @@ def test_max_int8_drop_zero_trips_on_one_lost_image(exported, tmp_path, monkeypa
     with pytest.raises(Int8AccuracyError):
         export_tflite(
             root / "model.keras",
+            None,
             root / "train.npz",
             root / "test.npz",
             tmp_path / "export",
@@ -175,3 +186,63 @@ def test_representative_images_seeded_and_span_full_range() -> None:
     assert len(representative_images(x, 500, seed=0)) == 50
     with pytest.raises(ValueError, match="empty"):
         representative_images(x[:0], 5, seed=0)
+
+
+def test_calibrated_export_holds_the_temperature_and_scores_with_tta(exported, tmp_path) -> None:
+    """T is built into every variant; with TTA each face is scored as the mean of the
+    calibrated softmax of itself and its mirror image (one batch of two)."""
+    import keras
+
+    from fer_tasks.lib.calibration import softmax
+    from fer_tasks.lib.classifiers import predict_tta
+    from fer_tasks.lib.io import write_json
+    from fer_tasks.lib.model import logit_model
+
+    root = exported["root"]
+    write_json(tmp_path / "calibration.json", {"temperature": 2.5, "tta_flip": True})
+    report = export_tflite(
+        root / "model.keras",
+        tmp_path / "calibration.json",
+        root / "train.npz",
+        root / "test.npz",
+        tmp_path / "export",
+        tmp_path / "export.json",
+        ExportParams(representative_samples=50, latency_runs=5),
+    )
+    assert read_json(tmp_path / "export" / "inference.json") == {
+        "temperature": 2.5,
+        "tta_flip": True,
+        "temperature_in_model": True,
+    }
+    assert (report["temperature"], report["tta_flip"]) == (2.5, True)
+    model = keras.saving.load_model(root / "model.keras", compile=False)
+    x, y = exported["x_test"], exported["y_test"]
+    logits = logit_model(model).predict(x[..., None].astype("float32"), verbose=0)
+    mirrored = logit_model(model).predict(x[:, :, ::-1, None].astype("float32"), verbose=0)
+    clf = TFLiteClassifier(tmp_path / "export" / "model_float32.tflite", 1)
+    assert np.abs(clf.predict(x[:16]) - softmax(logits[:16], 2.5)).max() < 1e-4
+    plain = TFLiteClassifier(root / "export" / "model_float32.tflite", 1).predict(x[:16])
+    assert np.abs(plain - softmax(logits[:16])).max() < 1e-4  # the uncalibrated export
+    tta = predict_tta(clf, x, batch_size=50, tta_flip=True)
+    expected = (softmax(logits, 2.5) + softmax(mirrored, 2.5)) / 2
+    assert np.abs(tta - expected).max() < 1e-4
+    f32 = report["variants"]["float32"]
+    assert f32["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == y))
+
+
+def test_export_refuses_its_own_recipe_as_calibration(exported, tmp_path) -> None:
+    from fer_tasks.lib.io import write_json
+
+    root = exported["root"]
+    write_json(tmp_path / "inference.json", {"temperature": 2.0, "temperature_in_model": True})
+    with pytest.raises(ValueError, match="an export's own recipe"):
+        export_tflite(
+            root / "model.keras",
+            tmp_path / "inference.json",
+            root / "train.npz",
+            root / "test.npz",
+            tmp_path / "export",
+            tmp_path / "export.json",
+            ExportParams(),
+        )
+    assert not (tmp_path / "export").exists()

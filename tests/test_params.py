@@ -164,6 +164,24 @@ def test_exponent_floats_read_as_dvc_reads_them(tmp_path):
     assert load_params(path).base.l2_coef == 1e-4
 
 
+def test_evaluate_split_is_gone_with_a_reason(tmp_path):
+    # the old way to score val as if it were test is refused, saying what replaced it
+    path = _edit_text(tmp_path, "  gallery_per_class: 4", "  gallery_per_class: 4\n  split: val")
+    with pytest.raises(ParamsError, match=r"evaluate: .*split was removed.*prepare\.roles"):
+        load_params(path)
+    assert load_params(ROOT / "params.yaml").evaluate.gallery_per_class == 4
+
+
+def test_roles_are_checked(tmp_path):
+    path = _edit_text(tmp_path, "    test: auto", "    test: PrivateTst")
+    with pytest.raises(
+        ParamsError, match=rf"line {_line_of(path, 'PrivateTst')}: prepare.roles.test"
+    ):
+        load_params(path)
+    path = _edit_text(tmp_path, "    val: auto", "    val: PrivateTest")
+    assert load_params(path).prepare.roles.val == "PrivateTest"
+
+
 def test_ema_momentum_needs_use_ema(tmp_path):
     def edit(use_ema):
         def f(d):
@@ -179,11 +197,10 @@ def test_ema_momentum_needs_use_ema(tmp_path):
     assert phase.use_ema and phase.ema_momentum == 0.95
 
 
-def test_roles_are_checked(tmp_path):
-    path = _edit_text(tmp_path, "    test: auto", "    test: PrivateTst")
-    with pytest.raises(
-        ParamsError, match=rf"line {_line_of(path, 'PrivateTst')}: prepare.roles.test"
-    ):
-        load_params(path)
-    path = _edit_text(tmp_path, "    val: auto", "    val: PrivateTest")
-    assert load_params(path).prepare.roles.val == "PrivateTest"
+def test_calibrate_section_validates(tmp_path):
+    p = load_params(ROOT / "params.yaml").calibrate
+    assert p.tta_flip is True and p.temperature is True
+    with pytest.raises(ParamsError, match="calibrate.tta_flip"):
+        load_params(_write(tmp_path, lambda d: d["calibrate"].update(tta_flip="yes")))
+    with pytest.raises(ParamsError, match="calibrate.bins: unknown key"):
+        load_params(_write(tmp_path, lambda d: d["calibrate"].update(bins=10)))

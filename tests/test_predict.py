@@ -54,6 +54,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     model.save(paths["keras"])
     paths["tflite"].write_bytes(convert(model, "float32"))
     paths["int8"].write_bytes(convert(model, "int8", representative_images(x, 50, seed=0)))
+    # as `export` leaves them: a recipe beside the files (here T = 1, no TTA)
+    (root / "inference.json").write_text(
+        json.dumps({"temperature": 1.0, "tta_flip": False, "temperature_in_model": True})
+    )
     return paths
 
 
@@ -395,3 +399,132 @@ def test_single_frame_file_gets_no_note(models, tmp_path, name) -> None:
     assert read_image(path)[1] == 1
     rc, lines, err = _run([path], models["tflite"], detect=False)
     assert rc == 0 and err == "" and len(lines) == 1
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, models) -> dict[str, Path]:
+    """A phase-like .keras model alone, its calibration file (T = 2, TTA on), an export of
+    it with T = 2 inside and its inference.json, and an asymmetric face crop."""
+    import keras
+
+    from fer_tasks.lib.model import temperature_model
+    from fer_tasks.stages.export import convert
+
+    root = tmp_path_factory.mktemp("calibrated")
+    (root / "phase").mkdir()
+    (root / "export").mkdir()
+    model = keras.saving.load_model(models["keras"], compile=False)
+    model.save(root / "phase" / "model.keras")
+    recipe = {"temperature": 2.0, "tta_flip": True}
+    (root / "calibration.json").write_text(json.dumps({**recipe, "split": "val"}))
+    tflite = root / "export" / "model_float32.tflite"
+    tflite.write_bytes(convert(temperature_model(model, 2.0), "float32"))
+    (root / "export" / "inference.json").write_text(
+        json.dumps({**recipe, "temperature_in_model": True})
+    )
+    x, _ = band_split(7, seed=5)
+    face = x[3].copy()
+    face[:, :20] //= 3  # darker on the left: its mirror image differs
+    Image.fromarray(face).save(root / "face.png")
+    return {
+        "keras": root / "phase" / "model.keras",
+        "calibration": root / "calibration.json",
+        "tflite": tflite,
+        "face": root / "face.png",
+    }
+
+
+def _probs(lines: list[str]) -> np.ndarray:
+    return np.array([list(json.loads(line)["probabilities"].values()) for line in lines])
+
+
+def _expected_tta(calibrated, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the two passes' calibrated softmax, and the single pass, from the logits."""
+    import keras
+
+    from fer_tasks.lib.calibration import softmax
+    from fer_tasks.lib.model import logit_model
+    from fer_tasks.tools.predict import faces
+
+    crops, _, _ = faces(calibrated["face"], None)
+    lg = logit_model(keras.saving.load_model(calibrated["keras"], compile=False))
+    z = lg.predict(crops[..., None].astype("float32"), verbose=0)
+    z_mirror = lg.predict(crops[:, :, ::-1, None].astype("float32"), verbose=0)
+    one = softmax(z, temperature)
+    return (one + softmax(z_mirror, temperature)) / 2, one
+
+
+@pytest.mark.parametrize("kind", ["keras", "tflite"])
+def test_tta_prints_the_mean_of_the_two_passes_calibrated_softmax(calibrated, kind) -> None:
+    """The .keras model with the calibrate stage's file, or the export with T inside and
+    its inference.json: both print mean(softmax(z / T), softmax(z_mirror / T))."""
+    extra = {"calibration": calibrated["calibration"]} if kind == "keras" else {}
+    rc, lines, err = _run([calibrated["face"]], calibrated[kind], detect=False, **extra)
+    assert rc == 0 and err == "", err
+    tta, one = _expected_tta(calibrated, 2.0)
+    assert np.abs(_probs(lines) - tta).max() < 1e-4
+    assert np.abs(tta - one).max() > 1e-3  # the mirror image changes the answer: TTA is seen
+    # --no-tta: the single pass, still calibrated
+    rc, lines, _ = _run([calibrated["face"]], calibrated[kind], detect=False, tta=False, **extra)
+    assert rc == 0 and np.abs(_probs(lines) - one).max() < 1e-4
+
+
+def test_tta_on_the_tflite_export_runs_the_pair_in_one_batch(calibrated) -> None:
+    from fer_tasks.lib.classifiers import TFLiteClassifier
+    from fer_tasks.tools.predict import faces
+
+    crops, _, _ = faces(calibrated["face"], None)
+    clf = TFLiteClassifier(calibrated["tflite"])
+    two_passes = (clf.predict(crops) + clf.predict(crops[:, :, ::-1])) / 2
+    rc, lines, _ = _run([calibrated["face"]], calibrated["tflite"], detect=False)
+    assert rc == 0 and np.abs(_probs(lines) - two_passes).max() < 1e-5
+
+
+def test_without_a_recipe_the_softmax_is_printed_with_a_note(calibrated) -> None:
+    rc, lines, err = _run([calibrated["face"]], calibrated["keras"], detect=False)
+    assert rc == 0
+    assert "note: no inference.json beside" in err and "not calibrated" in err
+    _, one = _expected_tta(calibrated, 1.0)
+    assert np.abs(_probs(lines) - one).max() < 1e-4
+
+
+def test_a_temperature_is_never_applied_twice(calibrated) -> None:
+    # the export holds T = 2 (its inference.json says so): a calibration file is refused
+    rc, lines, err = _run(
+        [calibrated["face"]],
+        calibrated["tflite"],
+        detect=False,
+        calibration=calibrated["calibration"],
+    )
+    assert rc == 2 and lines == []
+    assert "already holds temperature 2" in err and "drop --calibration" in err
+    # the other direction: the same file for the bare .keras model is what it is for
+    rc, _, err = _run(
+        [calibrated["face"]],
+        calibrated["keras"],
+        detect=False,
+        calibration=calibrated["calibration"],
+    )
+    assert rc == 0 and err == ""
+
+
+def test_a_bad_calibration_file_is_a_clear_model_error(calibrated, tmp_path) -> None:
+    bad = tmp_path / "calibration.json"
+    bad.write_text('{"temperature": -1}')
+    rc, _, err = _run([calibrated["face"]], calibrated["keras"], detect=False, calibration=bad)
+    assert rc == 2 and f"{bad}: temperature must be a positive number" in err
+
+
+def test_cli_flags_reach_predict(calibrated, capsys) -> None:
+    from fer_tasks.cli import main
+
+    face, model = str(calibrated["face"]), str(calibrated["keras"])
+    args = ["predict", face, "--no-detect", "--model", model]
+    assert main([*args, "--calibration", str(calibrated["calibration"]), "--no-tta"]) == 0
+    tta, one = _expected_tta(calibrated, 2.0)
+    assert np.abs(_probs(capsys.readouterr().out.splitlines()) - one).max() < 1e-4
+    assert main([*args, "--calibration", str(calibrated["calibration"])]) == 0
+    assert np.abs(_probs(capsys.readouterr().out.splitlines()) - tta).max() < 1e-4

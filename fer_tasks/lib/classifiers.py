@@ -2,8 +2,12 @@
 
 `TFLiteClassifier` runs a `.tflite` file on LiteRT (`ai_edge_litert`) and never
 imports TensorFlow; `KerasClassifier` loads a `.keras` file in safe mode.
-`load_classifier` picks one by suffix. Used by the export stage (accuracy
-parity, latency) and by `fer predict`.
+`load_classifier` picks one by suffix. Either can apply a temperature (the
+Keras one to its exact logits, the TFLite one to its output probabilities,
+`lib.calibration.temper`), and `predict_tta` runs a classifier with flip
+test-time augmentation: each face and its mirror image in one batch, their
+probabilities averaged. Used by the export stage (accuracy parity, latency)
+and by `fer predict`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tasks import IMAGE_SIZE, NUM_CLASSES
+from fer_tasks.lib.calibration import flip, temper
 from fer_tasks.lib.errors import FerError
 
 
@@ -24,14 +29,18 @@ class TFLiteClassifier:
     """A `.tflite` FER classifier on LiteRT: uint8 (N, 48, 48) pixels -> float (N, 7) probabilities.
 
     Quantized inputs get ``round(pixel / scale + zero_point)`` (identity for the
-    int8 export's scale 1 / zero point 0); float inputs get float 0-255.
+    int8 export's scale 1 / zero point 0); float inputs get float 0-255. A
+    `temperature` other than 1 rescales the output probabilities (`temper`); the
+    export's files carry their temperature inside and take none here.
     Never imports TensorFlow.
     """
 
-    def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, num_threads: int | None = None, temperature: float = 1.0
+    ) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
+        self.path, self.temperature = Path(path), temperature
         try:
             self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
         except (ValueError, RuntimeError) as err:
@@ -107,14 +116,16 @@ class TFLiteClassifier:
             self._interp.set_tensor(self._in["index"], self._input(chunk))
             self._interp.invoke()
             out[start : start + len(chunk)] = self._output()
-        return out
+        return out if self.temperature == 1.0 else temper(out, self.temperature).astype(np.float32)
 
-    def latency_ms(self, image: np.ndarray, runs: int, warmup: int = 5) -> float:
-        """Median wall time (ms) of `runs` single-image invokes (input set once)."""
+    def latency_ms(self, images: np.ndarray, runs: int, warmup: int = 5) -> float:
+        """Median wall time (ms) of `runs` invokes on one image (H, W) or one batch (K, H, W)."""
         import time
 
-        self._resize(1)
-        self._interp.set_tensor(self._in["index"], self._input(np.asarray(image)[None]))
+        x = np.asarray(images)
+        x = x[None] if x.ndim == 2 else x
+        self._resize(len(x))
+        self._interp.set_tensor(self._in["index"], self._input(x))
         for _ in range(warmup):
             self._interp.invoke()
         times = np.empty(runs)
@@ -126,10 +137,11 @@ class TFLiteClassifier:
 
 
 class KerasClassifier:
-    """A `.keras` FER classifier loaded in safe mode (imports TensorFlow)."""
+    """A `.keras` FER classifier loaded in safe mode (imports TensorFlow); a `temperature`
+    other than 1 divides its logits (`lib.model.temperature_model`)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, temperature: float = 1.0) -> None:
+        self.path, self.temperature = Path(path), temperature
         try:
             import keras
         except ImportError as err:
@@ -147,6 +159,13 @@ class KerasClassifier:
                 f"{self.path}: expected input (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) and "
                 f"{NUM_CLASSES} outputs, got {self._model.input_shape} -> {out_shape}"
             )
+        if temperature != 1.0:
+            from fer_tasks.lib.model import temperature_model
+
+            try:
+                self._model = temperature_model(self._model, temperature)
+            except ValueError as err:  # no softmax head to take logits from
+                raise ModelError(f"{self.path}: cannot apply a temperature ({err})") from None
 
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         import keras
@@ -159,16 +178,32 @@ class KerasClassifier:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def load_classifier(model_path: str | Path, num_threads: int | None = None):
+def load_classifier(
+    model_path: str | Path, num_threads: int | None = None, temperature: float = 1.0
+):
     """A `TFLiteClassifier` or `KerasClassifier` by suffix; `ModelError` when unusable."""
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     if path.suffix == ".tflite":
-        return TFLiteClassifier(path, num_threads=num_threads)
+        return TFLiteClassifier(path, num_threads=num_threads, temperature=temperature)
     if path.suffix == ".keras":
-        return KerasClassifier(path)
+        return KerasClassifier(path, temperature=temperature)
     raise ModelError(f"{path}: unknown model kind {path.suffix!r} (use a .keras or .tflite file)")
 
 
-# --------------------------------------------------------------------------- images
+def predict_tta(
+    clf, images: np.ndarray, batch_size: int = 64, tta_flip: bool = False
+) -> np.ndarray:
+    """Probabilities (N, 7); with `tta_flip` the mean of each face's and its mirror image's,
+    both run in one batch (the batched pair), each already calibrated by `clf`."""
+    images = np.asarray(images)
+    if not tta_flip:
+        return clf.predict(images, batch_size)
+    out = np.empty((len(images), NUM_CLASSES), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        k = len(chunk)
+        p = clf.predict(np.concatenate([chunk, flip(chunk)]), 2 * k)
+        out[start : start + k] = (p[:k] + p[k:]) / 2
+    return out

@@ -1,12 +1,15 @@
-"""The write-up's model: `build_model` (frozen backbone + head) and `unfreeze_model`."""
+"""The write-up's model: `build_model` (frozen backbone + head) and `unfreeze_model`;
+its logits and a temperature-scaled version of it (`logit_model`, `temperature_model`)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
+import numpy as np
 
-from fer_tasks import NUM_CLASSES
+from fer_tasks import IMAGE_SIZE, NUM_CLASSES
 from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.params import BaseModelParams
 
@@ -136,3 +139,64 @@ def as_float32(model: keras.Model) -> keras.Model:
     clone.set_weights(model.get_weights())
     log.info("converted %s from mixed precision to float32", model.name)
     return clone
+
+
+def load_fer_model(path: Path) -> keras.Model:
+    """A `.keras` FER classifier (safe mode, not compiled): (48, 48, 1) -> 7, or InputError."""
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    if tuple(model.input_shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1) or (
+        model.output_shape[-1] != NUM_CLASSES
+    ):
+        raise InputError(
+            f"{path}: expected input (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) and "
+            f"{NUM_CLASSES} outputs, got {model.input_shape} -> {model.output_shape}"
+        )
+    return model
+
+
+def logit_model(model: keras.Model) -> keras.Model:
+    """The model up to its head's logits (before the softmax), sharing its layers.
+
+    The head `main_output` is a softmax Dense; its kernel and bias are copied into
+    a linear Dense named `logits` on the same input, so the logits are exact
+    (not recovered from probabilities that may have underflowed).
+    """
+    try:
+        head = model.get_layer(HEAD_NAME)
+    except ValueError:
+        raise InputError(f"{model.name}: no {HEAD_NAME!r} layer to take logits from") from None
+    if not isinstance(head, keras.layers.Dense) or head.activation.__name__ != "softmax":
+        raise InputError(f"{model.name}: {HEAD_NAME!r} is not a softmax Dense layer")
+    logits = keras.layers.Dense(NUM_CLASSES, name="logits", dtype="float32")
+    out = keras.Model(model.input, logits(head.input), name=f"{model.name}_logits")
+    logits.set_weights(head.get_weights())
+    return out
+
+
+def temperature_model(model: keras.Model, temperature: float) -> keras.Model:
+    """`model` with softmax(logits / temperature) as its output (named `main_output`)."""
+    if temperature == 1.0:
+        return model
+    lg = logit_model(model)
+    x = keras.layers.Rescaling(1.0 / temperature, name="temperature", dtype="float32")(lg.output)
+    out = keras.layers.Softmax(name=HEAD_NAME, dtype="float32")(x)
+    return keras.Model(lg.input, out, name=f"{model.name}_calibrated")
+
+
+def predict_logits(
+    model: keras.Model, images: np.ndarray, batch_size: int, tta_flip: bool
+) -> np.ndarray:
+    """Logits (passes, N, 7) in float64: the faces, then (with `tta_flip`) their mirror images."""
+    from fer_tasks.lib.data import eval_dataset
+
+    lg = logit_model(model)
+    views = [images, images[:, :, ::-1]] if tta_flip else [images]
+    out = np.stack(
+        [
+            lg.predict(eval_dataset(np.ascontiguousarray(v), None, batch_size), verbose=0)
+            for v in views
+        ]
+    ).astype(np.float64)
+    if not np.isfinite(out).all():
+        raise InputError(f"{model.name}: the model gives non-finite logits")
+    return out

@@ -271,11 +271,30 @@ class FinetuneParams(_Section):
         return sum(self.phases[p].epochs for p in self.chain(name)[:-1])
 
 
+class CalibrateParams(_Section):
+    """How the final model turns a face into probabilities; fixed on val by `calibrate`."""
+
+    # test-time augmentation: the mean of the calibrated softmax of a face and its mirror image
+    tta_flip: bool = True
+    # temperature scaling fitted on val (Guo et al., 2017); false keeps T = 1
+    temperature: bool = True
+    batch_size: int = Field(256, ge=1, le=8192)
+
+
 class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1, le=8192)
-    # the split that evaluate and export score: `test` (the default), or `val` where
-    # val is a standard held-out split (FER2013's PublicTest) that presets report
-    split: Literal["test", "val"] = "test"
+    # errors.png: the most confident mistakes shown for each true class
+    gallery_per_class: int = Field(4, ge=1, le=20)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_split(cls, data):
+        if isinstance(data, dict) and "split" in data:
+            raise InputError(
+                "split was removed: evaluate always scores the test split once, and every "
+                "choice is made on val (prepare.roles says which source split is which)"
+            )
+        return data
 
 
 class ExportParams(_Section):
@@ -294,6 +313,7 @@ class Params(_Section):
     svm: SvmParams = SvmParams()
     base: BaseModelParams = BaseModelParams()
     finetune: FinetuneParams
+    calibrate: CalibrateParams = CalibrateParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
 

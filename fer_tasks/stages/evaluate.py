@@ -1,13 +1,29 @@
 """`evaluate` stage: the fine-tuned model on the test split, side by side with the SVM baseline.
 
-Writes, each atomically, under `out_dir`:
+The model is applied as the `calibrate` stage's recipe (models/calibration.json)
+says: its logits divided by the temperature fitted on val, and with flip TTA
+the mean of the calibrated softmax of each face and its mirror image. The test
+split is scored once; nothing here is chosen on it.
+
+Writes, under `out_dir`, in one swap of the folder:
 
 ``metrics.json``
-    ``{"n", "accuracy", "top2_accuracy", "macro_f1", "per_class": {class:
-    {precision, recall, f1, support}}, "predicted_share": {class: share}}`` --
-    the same keys every run (every class always present), so ``dvc metrics
-    diff`` compares key for key. ``per_class`` comes from
-    `fer_tasks.lib.metrics.classification_metrics`, like the SVM stage's.
+    ``{"split": "test", "n", "accuracy", "top2_accuracy", "macro_f1",
+    "per_class": {class: {precision, recall, f1, support}}, "predicted_share":
+    {class: share}, "calibration": {"temperature", "tta_flip", "ece_bins",
+    "before": {"nll", "ece"}, "after": {"nll", "ece"}}}`` -- the same keys every
+    run (every class always present), so ``dvc metrics diff`` compares key for
+    key. ``per_class`` comes from `fer_tasks.lib.metrics.classification_metrics`,
+    like the SVM stage's; ``before`` is T = 1 and ``after`` the fitted T, both
+    with the recipe's TTA setting.
+``errors.json``, ``errors.png``
+    For each true class, the `evaluate.gallery_per_class` most confident
+    mistakes (test index, true and predicted class, predicted probability),
+    and those faces drawn with their labels.
+``reliability.png``
+    Reliability diagrams before and after calibration (15 equal-width bins).
+``per_class.png``
+    Precision and recall of every class in one chart.
 ``confusion.csv``
     ``actual,predicted`` class names, one row per test image (``dvc plots``
     ``confusion`` template).
@@ -25,7 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks.lib import plots
+from fer_tasks.lib.calibration import (
+    ECE_BINS,
+    Recipe,
+    measures,
+    read_recipe,
+    reliability,
+    tta_probs,
+)
 from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import atomic_files, atomic_path, load_split, read_json, write_json
 from fer_tasks.lib.metrics import classification_metrics, write_confusion_csv, write_confusion_png
@@ -34,29 +59,52 @@ from fer_tasks.lib.params import EvaluateParams
 log = logging.getLogger(__name__)
 
 
-def predict_probs(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax outputs (N, 7) of the `.keras` model at `model_path` (loaded in safe mode)."""
-    import keras
+def error_gallery(y_true: np.ndarray, probs: np.ndarray, per_class: int) -> dict[str, list[dict]]:
+    """For each true class, its `per_class` most confident mistakes, most confident first.
 
-    from fer_tasks.lib.data import eval_dataset
+    An entry: ``{"index", "true", "predicted", "probability"}`` (the test index,
+    class names, the probability of the predicted class). Only misclassified
+    faces are listed; a class with fewer mistakes lists fewer (ties: lower index first).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    pred = probs.argmax(axis=1)
+    conf = probs[np.arange(len(pred)), pred]
+    out: dict[str, list[dict]] = {}
+    for c, name in enumerate(CLASS_NAMES):
+        wrong = np.flatnonzero((y_true == c) & (pred != c))
+        top = wrong[np.argsort(-conf[wrong], kind="stable")][:per_class]
+        out[name] = [
+            {
+                "index": int(i),
+                "true": name,
+                "predicted": CLASS_NAMES[pred[i]],
+                "probability": float(conf[i]),
+            }
+            for i in top
+        ]
+    return out
 
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    if tuple(model.input_shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE, 1) or (
-        model.output_shape[-1] != NUM_CLASSES
-    ):
+
+def _gallery_rows(images: np.ndarray, gallery: dict[str, list[dict]]) -> dict[str, list[tuple]]:
+    return {
+        f"true: {name}": [
+            (images[e["index"]], f"#{e['index']}: {e['predicted']} {e['probability']:.2f}")
+            for e in entries
+        ]
+        for name, entries in gallery.items()
+    }
+
+
+def _recipe(calibration_path: Path | None) -> Recipe:
+    if calibration_path is None:
+        return Recipe()  # T = 1, no TTA: the model's own softmax
+    recipe = read_recipe(calibration_path)
+    if recipe.temperature_in_model:
         raise InputError(
-            f"{model_path}: expected input (None, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) and "
-            f"{NUM_CLASSES} outputs, got {model.input_shape} -> {model.output_shape}"
+            f"{calibration_path}: an export's recipe (its temperature is inside the TFLite "
+            "models); evaluate takes the calibrate stage's models/calibration.json"
         )
-    probs = model.predict(eval_dataset(images, None, batch_size), verbose=0)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.shape != (len(images), NUM_CLASSES):
-        raise InputError(
-            f"{model_path}: predictions of shape {probs.shape} for {len(images)} images"
-        )
-    if not np.isfinite(probs).all():
-        raise InputError(f"{model_path}: the model outputs non-finite values on the test split")
-    return probs
+    return recipe
 
 
 def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -132,48 +180,92 @@ def comparison_markdown(model: dict, svm: dict | None, model_name: str, svm_name
 
 def evaluate(
     model_path: Path,
+    calibration_path: Path | None,
     test_path: Path,
     svm_metrics_path: Path | None,
     out_dir: Path,
     params: EvaluateParams,
     split_name: str | None = None,
 ) -> dict:
-    """Score the model on the split `params.split` names (`split_name` in the figure's title).
+    """Score the model, applied as the recipe at `calibration_path` says, on the test split.
 
-    Writes metrics.json, confusion.{csv,png}, and comparison.md when SVM metrics
-    are given (the pipeline's `summary` stage writes it instead, so that an SVM
-    edit does not rerun the model).
+    Without a recipe the model's own softmax is scored (T = 1, no TTA). Writes
+    metrics.json, errors.{json,png}, reliability.png, per_class.png,
+    confusion.{csv,png}, and comparison.md when SVM metrics are given (the
+    pipeline's `summary` stage writes it instead, so that an SVM edit does not
+    rerun the model). `split_name` names the split in the figures' titles.
 
     Returns the metrics written to metrics.json.
     """
+    from fer_tasks.lib.model import load_fer_model, predict_logits
+
     model_path, test_path, out_dir = Path(model_path), Path(test_path), Path(out_dir)
-    svm = _svm_split(Path(svm_metrics_path) if svm_metrics_path is not None else None, params.split)
+    recipe = _recipe(Path(calibration_path) if calibration_path is not None else None)
+    svm = _svm_split(Path(svm_metrics_path) if svm_metrics_path is not None else None)
     images, labels = load_split(test_path)  # checks uint8 (N, 48, 48) and labels
     if len(images) == 0:
         raise InputError(f"{test_path}: the test split is empty")
 
-    probs = predict_probs(model_path, images, params.batch_size)
-    metrics = {"split": params.split, **score(labels, probs)}
+    passes = predict_logits(load_fer_model(model_path), images, params.batch_size, recipe.tta_flip)
+    probs, raw = tta_probs(passes, recipe.temperature), tta_probs(passes, 1.0)
+    calibration = {
+        "temperature": recipe.temperature,
+        "tta_flip": recipe.tta_flip,
+        "ece_bins": ECE_BINS,
+        "before": measures(raw, labels),
+        "after": measures(probs, labels),
+    }
+    metrics = {"split": "test", **score(labels, probs), "calibration": calibration}
     y_pred = probs.argmax(axis=1)
+    gallery = error_gallery(labels, probs, params.gallery_per_class)
 
-    names = ["metrics.json", "confusion.csv", "confusion.png"]
+    names = ["metrics.json", "errors.json", "errors.png", "reliability.png", "per_class.png"]
+    names += ["confusion.csv", "confusion.png"]
     names += ["comparison.md"] if svm_metrics_path is not None else []
-    title = f"fine-tuned model, {split_name or params.split + ' split'}"
+    split = split_name or "test split"
     with atomic_files(*(out_dir / n for n in names)) as tmp:  # one swap of out_dir
-        write_json(tmp[0], metrics)
-        write_confusion_csv(tmp[1], labels, y_pred)
-        write_confusion_png(tmp[2], labels, y_pred, title)
+        out = dict(zip(names, tmp, strict=True))
+        write_json(out["metrics.json"], metrics)
+        write_json(out["errors.json"], {"per_class": gallery})
+        plots.plot_gallery(
+            _gallery_rows(images, gallery),
+            out["errors.png"],
+            f"Most confident mistakes, {split} (predicted class, its probability)",
+            params.gallery_per_class,
+        )
+        plots.plot_reliability(
+            {
+                name: {**reliability(p, labels), "ece": calibration[key]["ece"]}
+                for name, p, key in (
+                    ("before calibration (T = 1)", raw, "before"),
+                    (f"after (T = {recipe.temperature:.2f})", probs, "after"),
+                )
+            },
+            out["reliability.png"],
+            f"Reliability, {split}" + (" (flip TTA)" if recipe.tta_flip else ""),
+        )
+        plots.plot_per_class(
+            metrics["per_class"], out["per_class.png"], f"Precision and recall per class, {split}"
+        )
+        write_confusion_csv(out["confusion.csv"], labels, y_pred)
+        write_confusion_png(out["confusion.png"], labels, y_pred, f"fine-tuned model, {split}")
         if svm_metrics_path is not None:
-            tmp[3].write_text(
+            out["comparison.md"].write_text(
                 comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
             )
     log.info(
-        "%s: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d)%s",
-        params.split,
+        "test: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d); NLL %.4f -> %.4f, "
+        "ECE %.4f -> %.4f (T = %.3f, TTA %s)%s",
         metrics["accuracy"],
         metrics["top2_accuracy"],
         metrics["macro_f1"],
         metrics["n"],
+        calibration["before"]["nll"],
+        calibration["after"]["nll"],
+        calibration["before"]["ece"],
+        calibration["after"]["ece"],
+        recipe.temperature,
+        "on" if recipe.tta_flip else "off",
         f"; SVM accuracy {svm['accuracy']:.4f}, macro-F1 {svm['macro_f1']:.4f}" if svm else "",
     )
     return metrics

@@ -1,5 +1,14 @@
 """`export` stage: TFLite float32, float16 and full-integer int8 versions of the final model.
 
+The models are calibrated: the temperature of the `calibrate` stage's recipe
+(models/calibration.json) is built into each of them (their softmax takes the
+logits divided by T, `lib.model.temperature_model`), so even the int8 model
+quantizes the calibrated probabilities. Flip TTA cannot live inside a model
+without a custom layer; `inference.json` beside the files tells their users
+(`fer predict`, `lib.classifiers.predict_tta`) whether to average each face
+with its mirror image: ``{"temperature": T, "tta_flip": bool,
+"temperature_in_model": true}``.
+
 `export_tflite` converts the `.keras` model with
 `tf.lite.TFLiteConverter.from_keras_model` three ways and writes, in `out_dir`:
 
@@ -19,11 +28,13 @@
     output scale/zero point (a uint8 softmax output would have scale 1/256).
 
 Every model is run on LiteRT (`ai_edge_litert`, one thread) over the test
-split; the report (`report_path`, e.g. reports/export.json) holds the Keras
+split, with TTA when the recipe says so (each face and its mirror image as
+one batch of two); the report (`report_path`, e.g. reports/export.json) holds the Keras
 model's test accuracy and, per variant, the file size, its test accuracy, the
 difference from the Keras accuracy in points, the share of test images on
-which it predicts the same class as the Keras model, the median single-image
-latency over ``export.latency_runs`` invokes, and the input/output types. The
+which it predicts the same class as the Keras model, the median latency of
+one face's prediction (one image, or the pair with TTA) over
+``export.latency_runs`` invokes, and the input/output types. The
 stage raises -- after writing the models and the report, so the figures can be
 read -- when the int8 accuracy is more than ``export.max_int8_drop`` points
 below the Keras accuracy (an int8 model that scores *better* always passes).
@@ -41,7 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_tasks.lib.classifiers import TFLiteClassifier
+from fer_tasks.lib.calibration import Recipe, flip, read_recipe
+from fer_tasks.lib.classifiers import TFLiteClassifier, predict_tta
 from fer_tasks.lib.errors import FerError, InputError
 from fer_tasks.lib.io import atomic_path, load_split, write_json
 from fer_tasks.lib.params import ExportParams
@@ -105,35 +117,56 @@ def convert(model, variant: str, representative: np.ndarray | None = None) -> by
     return blob
 
 
+def _keras_probs(model, images: np.ndarray, tta_flip: bool) -> np.ndarray:
+    from fer_tasks.lib.data import eval_dataset
+
+    views = [images, flip(images)] if tta_flip else [images]
+    return np.mean(
+        [model.predict(eval_dataset(v, None, EVAL_BATCH), verbose=0) for v in views], axis=0
+    )
+
+
 def export_tflite(
     model_path: Path,
+    calibration_path: Path | None,
     train_path: Path,
     test_path: Path,
     out_dir: Path,
     report_path: Path,
     params: ExportParams,
 ) -> dict:
-    """Write the three .tflite variants and the report; raise `Int8AccuracyError` on a big drop.
+    """Write the three .tflite variants, inference.json and the report; raise
+    `Int8AccuracyError` on a big drop. Without a recipe: T = 1, no TTA.
 
     Returns the report.
     """
-    import keras
-
-    from fer_tasks.lib.data import eval_dataset
+    from fer_tasks.lib.model import as_float32, load_fer_model, temperature_model
 
     model_path, out_dir, report_path = Path(model_path), Path(out_dir), Path(report_path)
+    recipe = read_recipe(calibration_path) if calibration_path is not None else Recipe()
+    if recipe.temperature_in_model:
+        raise InputError(
+            f"{calibration_path}: an export's own recipe; export takes the calibrate "
+            "stage's models/calibration.json"
+        )
     train_images, _ = load_split(train_path)  # load_split checks uint8 (N, 48, 48)
     test_images, test_labels = load_split(test_path)
     if len(test_images) == 0:
         raise InputError(f"{test_path}: the test split is empty")
 
-    from fer_tasks.lib.model import as_float32
-
-    model = as_float32(keras.saving.load_model(model_path, compile=False, safe_mode=True))
-    keras_probs = model.predict(eval_dataset(test_images, None, EVAL_BATCH), verbose=0)
-    keras_pred = np.asarray(keras_probs).argmax(axis=1)
+    model = temperature_model(as_float32(load_fer_model(model_path)), recipe.temperature)
+    keras_pred = _keras_probs(model, test_images, recipe.tta_flip).argmax(axis=1)
     keras_acc = float(np.mean(keras_pred == test_labels))
-    log.info("Keras model: test accuracy %.4f (n=%d)", keras_acc, len(test_labels))
+    log.info(
+        "Keras model (T = %.3f, TTA %s): test accuracy %.4f (n=%d)",
+        recipe.temperature,
+        "on" if recipe.tta_flip else "off",
+        keras_acc,
+        len(test_labels),
+    )
+    one_face = test_images[:1]  # the latency is that of one face's prediction: the pair with TTA
+    if recipe.tta_flip:
+        one_face = np.concatenate([one_face, flip(one_face)])
 
     rep = representative_images(train_images, params.representative_samples, params.seed)
     variants: dict[str, dict] = {}
@@ -144,9 +177,9 @@ def export_tflite(
             file = tmp_dir / f"model_{variant}.tflite"
             file.write_bytes(blob)
             clf = TFLiteClassifier(file, num_threads=1)
-            pred = clf.predict(test_images, EVAL_BATCH).argmax(axis=1)
+            pred = predict_tta(clf, test_images, EVAL_BATCH, recipe.tta_flip).argmax(axis=1)
             acc = float(np.mean(pred == test_labels))
-            latency = clf.latency_ms(test_images[0], params.latency_runs)
+            latency = clf.latency_ms(one_face, params.latency_runs)
             entry = {
                 "file": str(out_dir / file.name),
                 "size_bytes": len(blob),
@@ -167,13 +200,15 @@ def export_tflite(
                     )
             variants[variant] = entry
             log.info(
-                "%s: %d bytes, accuracy %.4f (%+.2f points), %.3f ms/image",
+                "%s: %d bytes, accuracy %.4f (%+.2f points), %.3f ms/face",
                 variant,
                 len(blob),
                 acc,
                 entry["accuracy_diff_points"],
                 latency,
             )
+        inference = Recipe(recipe.temperature, recipe.tta_flip, temperature_in_model=True)
+        write_json(tmp_dir / "inference.json", inference.to_json())
     for entry in variants.values():
         entry["size_vs_float32"] = entry["size_bytes"] / variants["float32"]["size_bytes"]
 
@@ -181,6 +216,8 @@ def export_tflite(
     report = {
         "keras": {"file": str(model_path), "accuracy": keras_acc},
         "n_test": int(len(test_labels)),
+        "temperature": recipe.temperature,
+        "tta_flip": recipe.tta_flip,
         "variants": variants,
         "int8_drop_points": drop,
         "max_int8_drop": params.max_int8_drop,

@@ -19,6 +19,18 @@ Faces
     to 48x48. With ``detect=False`` the whole image is taken as one pre-cropped
     face (``box`` = the whole image).
 
+Calibration
+    The probabilities are those of the pipeline's recipe (`lib.calibration`):
+    read from ``calibration`` (``--calibration FILE``, e.g. the calibrate
+    stage's models/calibration.json), else from ``inference.json`` beside the
+    model (what `export` writes next to its TFLite files, whose temperature is
+    built in). It gives the temperature and whether to use flip test-time
+    augmentation (TTA): the mean of the calibrated softmax of each face and of
+    its mirror image (``tta=True/False``, ``--tta/--no-tta``, overrides it).
+    Without a recipe the model's own softmax is printed, with a note on
+    stderr. Giving a calibration file for a model that already holds its
+    temperature (an export) is refused: T would be applied twice.
+
 Models
     ``.tflite`` files run on LiteRT (`ai_edge_litert`) and never import
     TensorFlow, so a light install (numpy, Pillow, LiteRT, OpenCV) can predict.
@@ -45,6 +57,7 @@ Bad input
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import warnings
@@ -55,8 +68,9 @@ from typing import TextIO
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fer_tasks.lib.classifiers import ModelError, load_classifier
-from fer_tasks.lib.errors import InputError
+from fer_tasks.lib.calibration import Recipe, read_recipe
+from fer_tasks.lib.classifiers import ModelError, load_classifier, predict_tta
+from fer_tasks.lib.errors import FerError, InputError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"}
@@ -68,6 +82,7 @@ MIN_FACE = 16
 PAD = 0.1  # share of the detected box added on each side before cropping
 DETECT_MAX_SIDE = 1024  # detection runs on a copy no larger than this (speed)
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
+SIDECAR = "inference.json"  # the recipe `export` writes beside its TFLite files
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_MODEL_ERROR = 0, 1, 2
 
@@ -225,6 +240,29 @@ def faces(path: Path, detector: FaceDetector | None) -> tuple[np.ndarray, list[l
     return crops, [list(map(int, b)) for b in boxes], frames
 
 
+def find_recipe(model_path: Path, calibration: Path | None) -> tuple[Recipe, Path | None]:
+    """The recipe to apply and the file it came from (None: the model's own softmax).
+
+    `calibration` when given, else the `SIDECAR` beside the model. `ModelError`
+    when a calibration file would apply a temperature the model already holds.
+    """
+    sidecar = Path(model_path).parent / SIDECAR
+    try:
+        if calibration is None:
+            return (read_recipe(sidecar), sidecar) if sidecar.is_file() else (Recipe(), None)
+        recipe = read_recipe(calibration)
+        if not recipe.temperature_in_model and sidecar.is_file():
+            inside = read_recipe(sidecar)
+            if inside.temperature_in_model and inside.temperature != 1.0:
+                raise ModelError(
+                    f"{model_path} already holds temperature {inside.temperature:g} "
+                    f"({sidecar}); {calibration} would apply one again: drop --calibration"
+                )
+    except FerError as err:
+        raise ModelError(str(err)) from None
+    return recipe, Path(calibration)
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -243,14 +281,18 @@ def predict(
     *,
     detect: bool = True,
     top: int | None = None,
+    calibration: Path | None = None,
+    tta: bool | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Classify the faces in `paths`; print one line per face to `out` (default stdout).
 
-    Per-file problems go to `err` (default stderr) as ``fer predict: <file>: <reason>``
-    and the other files are still processed. Returns 0 (all files gave faces),
-    1 (some file failed) or 2 (the model or the face detector cannot be used).
+    The probabilities follow the recipe (`find_recipe`); `tta` overrides its TTA
+    setting. Per-file problems go to `err` (default stderr) as ``fer predict:
+    <file>: <reason>`` and the other files are still processed. Returns 0 (all
+    files gave faces), 1 (some file failed) or 2 (the model, its recipe or the
+    face detector cannot be used).
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
@@ -258,11 +300,21 @@ def predict(
         print(f"fer predict: error: top must be 1..{NUM_CLASSES}, got {top}", file=err)
         return EXIT_MODEL_ERROR
     try:
-        model = load_classifier(model_path)
+        recipe, source = find_recipe(model_path, calibration)
+        model = load_classifier(
+            model_path, temperature=1.0 if recipe.temperature_in_model else recipe.temperature
+        )
         detector = FaceDetector() if detect else None
     except ModelError as e:
         print(f"fer predict: error: {e}", file=err)
         return EXIT_MODEL_ERROR
+    tta = recipe.tta_flip if tta is None else tta
+    if source is None:
+        print(
+            f"fer predict: note: no {SIDECAR} beside {model_path} and no --calibration: "
+            "the model's own softmax, not calibrated",
+            file=err,
+        )
 
     failed = 0
     for path, problem in iter_inputs(paths):
@@ -276,7 +328,7 @@ def predict(
             continue
         if frames > 1:
             print(f"fer predict: {path}: note: frame 1 of {frames} used", file=err)
-        probs = model.predict(crops)
+        probs = predict_tta(model, crops, tta_flip=tta)
         # an int8 model's softmax comes in steps of 1/256: renormalise so each line sums to 1
         probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
         for box, p in zip(boxes, probs, strict=True):
@@ -301,8 +353,26 @@ def add_arguments(sp) -> None:
     sp.add_argument(
         "--top", type=int, metavar="K", help="print the K likeliest classes as text, not JSON"
     )
+    sp.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help=f"recipe (temperature, TTA), e.g. models/calibration.json for a phase's .keras "
+        f"model (default: the {SIDECAR} beside the model, if any)",
+    )
+    sp.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average each face with its mirror image (default: as the recipe says)",
+    )
 
 
 def run(a) -> int:
     """Needs no params file; with a .tflite model it never imports TensorFlow."""
-    return predict([Path(x) for x in a.paths], Path(a.model), detect=a.detect, top=a.top)
+    return predict(
+        [Path(x) for x in a.paths],
+        Path(a.model),
+        detect=a.detect,
+        top=a.top,
+        calibration=Path(a.calibration) if a.calibration else None,
+        tta=a.tta,
+    )
