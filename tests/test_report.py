@@ -33,3 +33,39 @@ def test_metrics_table_lists_configured_phases_in_order(tmp_path):
 
 def test_metrics_table_before_any_run(tmp_path):
     assert "dvc repro" in metrics_table(tmp_path, ["top"])
+
+
+def _pictures(root):
+    from fer_tasks.lib.reports import PICTURES
+
+    folder = root / "reports" / "evaluate"
+    folder.mkdir(parents=True)
+    for i, (_, rel) in enumerate(PICTURES[:2]):  # the third is missing
+        (root / "reports" / rel).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) * 20)
+    return PICTURES
+
+
+def test_pictures_are_embedded_as_data_uris_and_missing_ones_left_out(tmp_path):
+    import base64
+    import re
+
+    from fer_tasks.lib.reports import pictures_markdown
+
+    assert pictures_markdown(tmp_path) == []  # nothing yet: no section
+    pictures = _pictures(tmp_path)
+    md = "\n".join(pictures_markdown(tmp_path))
+    uris = re.findall(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md)
+    assert [t for t, _ in uris] == [pictures[0][0], pictures[1][0]]
+    for (_, rel), (_, data) in zip(pictures, uris, strict=False):
+        assert base64.b64decode(data) == (tmp_path / "reports" / rel).read_bytes()
+    assert pictures[2][1] not in md
+
+
+def test_flow_report_shows_the_workspace_pictures_but_not_for_an_experiment(tmp_path):
+    from flows.pipeline import render_report
+
+    _pictures(tmp_path)
+    summary = {"stages": [], "metrics": {}, "workspace": str(tmp_path)}
+    assert "data:image/png;base64," in render_report(summary)
+    # an experiment's outputs are in its commit, not in the workspace: no pictures
+    assert "data:image/png" not in render_report({**summary, "experiment": "exp-1"})

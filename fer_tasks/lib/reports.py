@@ -4,7 +4,7 @@
 same files (`reports/svm/metrics.json`, `reports/phases/<name>/metrics.json`,
 `reports/evaluate/metrics.json`) through `read_metrics`, from the workspace or
 from a commit (`dvc.api.read`), so a field renamed in a stage is renamed here
-once.
+once. `pictures_markdown` gives the flow's report evaluate's pictures.
 """
 
 from __future__ import annotations
@@ -93,3 +93,34 @@ def read_metrics(read: Reader, phases: list[str], reports: str = "reports") -> l
             )
         )
     return out
+
+
+# evaluate's pictures, in the order a report shows them
+PICTURES = (
+    ("most confident mistakes", "evaluate/errors.png"),
+    ("reliability before and after calibration", "evaluate/reliability.png"),
+    ("precision and recall per class", "evaluate/per_class.png"),
+)
+
+
+def pictures_markdown(root: Path, reports: str = "reports") -> list[str]:
+    """Markdown lines showing evaluate's PNGs under `root`, embedded as data: URIs.
+
+    A Prefect markdown artifact is stored in Prefect's database and drawn in the
+    browser, which cannot read the workspace: the images travel inside the text.
+    Pictures not there yet are left out; none at all gives no lines.
+    """
+    import base64
+
+    lines: list[str] = []
+    for title, rel in PICTURES:
+        path = Path(root) / reports / rel
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            lines += [
+                f"**{title}** (`{reports}/{rel}`)",
+                "",
+                f"![{title}](data:image/png;base64,{data})",
+                "",
+            ]
+    return ["## Pictures", "", *lines] if lines else []
