@@ -53,7 +53,7 @@ from prefect.tasks import exponential_backoff
 from fer_tasks.lib import dvc_adapter as dvc
 from fer_tasks.lib import overlay
 from fer_tasks.lib.params import parse_params, read_yaml
-from fer_tasks.lib.reports import Reader, files, read_metrics
+from fer_tasks.lib.reports import Reader, files, pictures_markdown, read_metrics
 
 LOCK_FILE = ".dvc/tmp/fer-flow.lock"  # under .dvc/tmp: ignored by git and DVC
 MAX_PARALLEL = 2  # stage processes at once (independent branches only)
@@ -232,6 +232,9 @@ def render_report(summary: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     else:
         lines.append("No reports/**/metrics.json yet.")
+    # evaluate's pictures; an experiment's are in its commit, not in the workspace
+    if summary.get("workspace") and not summary.get("experiment"):
+        lines += ["", *pictures_markdown(Path(summary["workspace"]))]
     return "\n".join(lines) + "\n"
 
 
