@@ -116,20 +116,27 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def make_project(path: Path) -> Path:
-    """The working tree's pipeline (dvc.yaml, fer_tasks, params) in a new git + DVC repo."""
+def make_project(
+    path: Path, config: dict = CONFIG, extra: tuple[str, ...] = (), source: Path = ROOT
+) -> Path:
+    """The working tree's pipeline (dvc.yaml, fer_tasks, params with `config` merged in,
+    the `extra` files or folders) in a new git + DVC repo."""
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, path / name)
-    shutil.copytree(
-        ROOT / "fer_tasks", path / "fer_tasks", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), CONFIG)
+        shutil.copy(source / name, path / name)
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(source / "fer_tasks", path / "fer_tasks", ignore=skip)
+    params = _merge(yaml.safe_load((source / "params.yaml").read_text()), config)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(path, "git", "init", "-q")
     _run(path, sys.executable, "-m", "dvc", "init", "-q")
+    for name in extra:  # after `dvc init`, which writes .dvc/config
+        if (source / name).is_dir():
+            shutil.copytree(source / name, path / name, ignore=skip)
+        else:
+            shutil.copy(source / name, path / name)
     _run(path, "git", "add", "-A")
     _run(path, "git", "-c", "user.name=k", "-c", "user.email=k@k.invalid", "commit", "-qm", "k")
     return path

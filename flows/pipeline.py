@@ -20,6 +20,16 @@ whose per-stage results come from DVC's output. Commit `dvc.lock` first, or
 the experiment starts without it (the flow warns).
 The workspace, its `params.yaml` and `dvc.lock` are left untouched.
 
+`share=<git remote>` (the `*-anywhere` deployments of prefect-worker.yaml,
+which clone the code on the worker) shares runs between workspaces and hosts
+with DVC experiments: first `dvc exp pull` of the remote's experiments of
+this commit and, when stages are stale, `dvc exp apply` of the newest one with
+the same `params.yaml` (its `dvc.lock` and cached outputs), so only stages
+whose inputs differ run; last, the run itself as an experiment (`dvc exp save`,
+or the `-S` experiment) sent with `dvc exp push` (git ref + cached outputs).
+Stage commands import the workspace's own `fer_tasks` (PYTHONPATH), not the
+installed copy, so a worker runs the code of the ref it cloned.
+
 One run at a time per workspace: an exclusive file lock (`.dvc/tmp/fer-flow.lock`)
 makes a second run wait.
 
@@ -65,6 +75,7 @@ REMOTE_RETRIES = dict(
     cache_policy=NO_CACHE,  # DVC is the cache of record, not Prefect
 )
 _EXPERIMENT = re.compile(r"^Ran experiment\(s\): (\S+)")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class StageFailed(RuntimeError):
@@ -76,6 +87,12 @@ class StageResult:
     stage: str
     status: str  # ran | cached | restored (from the DVC run-cache) | failed | skipped
     seconds: float = 0.0
+
+
+def stage_env() -> dict[str, str]:
+    """DVC's environment: stage commands import the code of the repository they run in
+    (`.` is each stage's working directory, also inside a `dvc exp run --temp` copy)."""
+    return dvc.env(PYTHONPATH=os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")])))
 
 
 # --- tasks -----------------------------------------------------------------------------
@@ -90,7 +107,10 @@ def dvc_stage(stage: str, workspace: Path, stale: bool) -> StageResult | State:
         )
     log = get_run_logger()
     res = dvc.stream(
-        workspace, ["--wait-for-lock", "repro", "--single-item", stage], on_line=log.info
+        workspace,
+        ["--wait-for-lock", "repro", "--single-item", stage],
+        on_line=log.info,
+        environ=stage_env(),
     )
     if res.rc:
         raise StageFailed(
@@ -115,7 +135,8 @@ def dvc_experiment(workspace: Path, name: str | None, set_params: list[str]) -> 
         lines.append(line)
         log.info(line)
 
-    res = dvc.stream(workspace, dvc.exp_run_args(name, set_params, temp=True), on_line=on_line)
+    args = dvc.exp_run_args(name, set_params, temp=True)
+    res = dvc.stream(workspace, args, on_line=on_line, environ=stage_env())
     if res.rc:
         failed = list(res.stages)[-1] if res.stages else "?"
         raise StageFailed(
@@ -136,6 +157,88 @@ def dvc_pull(workspace: Path, remote: str) -> None:
 def dvc_push(workspace: Path, remote: str) -> None:
     """Upload the outputs and the run-cache (an experiment's stages) to the DVC remote."""
     get_run_logger().info(dvc.dvc(workspace, "push", "--run-cache", "--remote", remote))
+
+
+@task(**REMOTE_RETRIES)
+def dvc_exp_pull(workspace: Path, git_remote: str) -> list[str]:
+    """`dvc exp pull`: the git remote's experiments of this commit, with their cached outputs."""
+    if dvc.git(workspace, "rev-parse", "--is-shallow-repository") == "true":
+        # DVC experiments need the commit's parents (Prefect's git_clone is --depth 1)
+        get_run_logger().info("shallow clone: git fetch --unshallow")
+        dvc.git(workspace, "fetch", "--unshallow", "--quiet")
+    get_run_logger().info(dvc.dvc(workspace, "exp", "pull", git_remote).strip())
+    return shared_runs(workspace)
+
+
+@task(**REMOTE_RETRIES)
+def dvc_exp_push(workspace: Path, git_remote: str, name: str) -> None:
+    """`dvc exp push`: the experiment's git ref to the remote, its outputs to the DVC remote."""
+    get_run_logger().info(dvc.dvc(workspace, "exp", "push", git_remote, name).strip())
+
+
+@task(cache_policy=NO_CACHE)
+def reuse_shared_run(workspace: Path, candidates: list[str]) -> str | None:
+    """`dvc exp apply` the newest experiment of this commit with the same params.yaml."""
+    name = pick_shared_run(workspace, candidates)
+    if name is None:
+        get_run_logger().info("no shared run of this commit has the same params.yaml")
+        return None
+    get_run_logger().info(dvc.dvc(workspace, "exp", "apply", name).strip())
+    # `dvc exp run --temp` copies tracked files only: the applied lock goes with it
+    dvc.git(workspace, "add", "dvc.lock")
+    return name
+
+
+def pick_shared_run(workspace: Path, candidates: list[str]) -> str | None:
+    """The first of `candidates` (experiments of HEAD) whose params.yaml equals the workspace's."""
+    mine = read_yaml((workspace / "params.yaml").read_text())
+    head = dvc.git(workspace, "rev-parse", "HEAD")
+    for name in candidates:
+        try:
+            theirs = dvc.git(workspace, "show", f"{dvc.exp_ref(head, name)}:params.yaml")
+        except dvc.DvcError:
+            continue
+        if read_yaml(theirs) == mine:
+            return name
+    return None
+
+
+def shared_runs(workspace: Path) -> list[str]:
+    """Experiments of HEAD in this repository, newest first."""
+    head = dvc.git(workspace, "rev-parse", "HEAD")
+    prefix = dvc.exp_ref(head, "")
+    out = dvc.git(
+        workspace,
+        "for-each-ref",
+        "--sort=-committerdate",
+        "--format=%(refname)",
+        prefix,
+    )
+    return [line[len(prefix) :] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def run_name(given: str | None, taken: list[str]) -> str:
+    """An experiment name: `given`, else this flow run's name, unique among `taken`."""
+    if given:
+        return given
+    try:
+        from prefect.runtime import flow_run
+
+        base = _UNSAFE.sub("-", flow_run.get_name() or "").strip("-")
+    except Exception:  # noqa: BLE001 - outside a flow run
+        base = ""
+    base = base or time.strftime("run-%Y%m%d-%H%M%S")
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def save_run(workspace: Path, name: str) -> None:
+    """`dvc exp save`: the workspace's dvc.lock, params and metrics as experiment `name`."""
+    untracked = [] if _tracked(workspace, "dvc.lock") else ["-I", "dvc.lock"]
+    _log(dvc.dvc(workspace, "exp", "save", "-n", name, *untracked).strip())
 
 
 # --- workspace lock, parameter overrides ---------------------------------------------------
@@ -213,6 +316,8 @@ def render_report(summary: dict[str, Any]) -> str:
     lines = ["# FER pipeline run", ""]
     if summary.get("experiment"):
         lines += [f"DVC experiment **{summary['experiment']}** (`dvc exp apply` to use it)", ""]
+    if summary.get("reused"):
+        lines += [f"Started from the shared run **{summary['reused']}** (`dvc exp apply`)", ""]
     if summary.get("overrides"):
         lines += ["Overrides: " + ", ".join(f"`{o}`" for o in summary["overrides"]), ""]
     lines += ["| stage | result | seconds |", "|---|---|---|"]
@@ -293,9 +398,19 @@ def _summary(
     }
 
 
-def _publish(summary: dict[str, Any], failure: BaseException | None) -> dict[str, Any]:
+def _publish(
+    summary: dict[str, Any], failure: BaseException | None, share: str | None = None
+) -> dict[str, Any]:
+    workspace = Path(summary["workspace"])
     if failure is None and summary["remote"]:
-        dvc_push(Path(summary["workspace"]), summary["remote"])
+        dvc_push(workspace, summary["remote"])
+    if failure is None and share:
+        dvc_exp_push(workspace, share, summary["experiment"])
+    _log(
+        f"ran: {', '.join(summary['ran']) or 'nothing'}; "
+        f"cached: {', '.join(summary['cached']) or 'nothing'}"
+        + (f"; experiment {summary['experiment']}" if summary.get("experiment") else "")
+    )
     create_markdown_artifact(
         markdown=render_report(summary), key="fer-pipeline-report", description="stages and metrics"
     )
@@ -311,8 +426,13 @@ def fer_pipeline(
     experiment_name: str | None = None,
     remote: str | None = None,
     lock_timeout_s: float = 24 * 3600,
+    share: str | None = None,
 ) -> dict[str, Any]:
-    """Reproduce the DVC pipeline, one task run per stage; overrides run as a DVC experiment."""
+    """Reproduce the DVC pipeline, one task run per stage; overrides run as a DVC experiment.
+
+    `share`: a git remote (e.g. "origin") whose DVC experiments of this commit are
+    reused and to which this run is pushed as one (see the module docstring).
+    """
     workspace = workspace.resolve()
     overrides = list(overrides or [])
     over = override_params(workspace / "params.yaml", overrides)  # before any work
@@ -321,10 +441,28 @@ def fer_pipeline(
         if remote:
             dvc_pull(workspace, remote)
         plan = dvc.plan(workspace)
-        if not (overrides or experiment_name):
+        reused, taken = None, []
+        if share:
+            taken = dvc_exp_pull(workspace, share)
+            if plan.stale:
+                reused = reuse_shared_run(workspace, taken)
+                if reused:
+                    plan = dvc.plan(workspace)
+            experiment_name = run_name(experiment_name, taken)
+        if not overrides and (share or not experiment_name):
             results, failure = _run_stages(plan, workspace)
-            summary = _summary(workspace, results, files(workspace), remote=remote, overrides=[])
-            return _publish(summary, failure)
+            if failure is None and share:
+                save_run(workspace, experiment_name)
+            summary = _summary(
+                workspace,
+                results,
+                files(workspace),
+                remote=remote,
+                overrides=[],
+                reused=reused,
+                experiment=experiment_name if share else None,
+            )
+            return _publish(summary, failure, share)
         if not _tracked(workspace, "dvc.lock"):
             _log(
                 f"{workspace}/dvc.lock is not committed: the experiment starts from the last "
@@ -344,9 +482,15 @@ def fer_pipeline(
         name = exp.get("experiment")
         read = experiment_files(workspace, name) if name else (lambda rel: None)
         summary = _summary(
-            workspace, results, read, remote=remote, overrides=overrides, experiment=name
+            workspace,
+            results,
+            read,
+            remote=remote,
+            overrides=overrides,
+            experiment=name,
+            reused=reused,
         )
-        return _publish(summary, failure)
+        return _publish(summary, failure, share)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", dest="experiment_name", help="experiment name (with -S)")
     parser.add_argument("--remote", help="DVC remote (default: the workspace's default remote)")
+    parser.add_argument(
+        "--share", metavar="GIT_REMOTE", help="reuse and push runs as DVC experiments there"
+    )
     args = parser.parse_args(argv)
     state = fer_pipeline(**vars(args), return_state=True)
     if not state.is_completed():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -402,3 +404,76 @@ def test_deployment_definitions_load_and_carry_the_schedule():
     assert served["experiment"].schedules == []
     (fast,) = build_deployments(interval_s=10, only=["retrain"])
     assert fast.schedules[0].schedule.interval.total_seconds() == 10
+
+
+# --- sharing runs between hosts (share=<git remote>): the git side, no DVC run -------------
+
+
+def _git_repo_with_experiments(tmp_path: Path, params: dict[str, str]) -> Path:
+    """A git repo whose HEAD has one experiment ref per entry: name -> params.yaml text,
+    created oldest first one second apart (for-each-ref sorts by committer date)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", *IDENTITY]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / "params.yaml").write_text("svm:\n  C: 1.0\n")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], cwd=repo, check=True)
+    head = dvc_adapter.git(repo, "rev-parse", "HEAD")
+    for i, (name, text) in enumerate(params.items()):
+        blob = subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            cwd=repo,
+            input=text,
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+        tree = subprocess.run(
+            ["git", "mktree"],
+            cwd=repo,
+            input=f"100644 blob {blob}\tparams.yaml\n",
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+        date = f"{1_700_000_000 + i} +0000"
+        commit = subprocess.run(
+            [*git, "commit-tree", tree, "-p", head, "-m", name],
+            cwd=repo,
+            text=True,
+            capture_output=True,
+            check=True,
+            env={**os.environ, "GIT_COMMITTER_DATE": date, "GIT_AUTHOR_DATE": date},
+        ).stdout.strip()
+        subprocess.run(
+            ["git", "update-ref", dvc_adapter.exp_ref(head, name), commit], cwd=repo, check=True
+        )
+    return repo
+
+
+def test_shared_runs_are_listed_newest_first_and_matched_on_params(tmp_path):
+    repo = _git_repo_with_experiments(
+        tmp_path,
+        {
+            "old-same": "svm:\n  C: 1.0\n",
+            "new-same": "svm: {C: 1.0}\n",
+            "newest-other": "svm:\n  C: 0.5\n",
+        },
+    )
+    runs = pipeline.shared_runs(repo)
+    assert runs == ["newest-other", "new-same", "old-same"]
+    # the newest with equal params (compared as YAML, not as text) is picked
+    assert pipeline.pick_shared_run(repo, runs) == "new-same"
+    (repo / "params.yaml").write_text("svm:\n  C: 0.5\n")
+    assert pipeline.pick_shared_run(repo, runs) == "newest-other"
+    (repo / "params.yaml").write_text("svm:\n  C: 2.0\n")  # no run has these params
+    assert pipeline.pick_shared_run(repo, runs) is None
+    assert pipeline.pick_shared_run(repo, ["not-an-experiment"]) is None
+
+
+def test_run_names_are_unique_and_git_ref_safe(monkeypatch):
+    assert pipeline.run_name("given", ["given"]) == "given"  # an explicit name is the user's
+    assert re.fullmatch(r"run-\d{8}-\d{6}", pipeline.run_name(None, []))  # outside a flow run
+    monkeypatch.setattr(pipeline.time, "strftime", lambda fmt: "run-1")
+    assert pipeline.run_name(None, ["run-1", "run-1-2"]) == "run-1-3"
