@@ -29,6 +29,7 @@ Checks fail the script (exit 1) with what went wrong; figures go to --out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -228,6 +229,21 @@ class Demo:
                 p.kill()
 
 
+def remote_damage(remote: Path) -> list[str]:
+    """Objects of a local DVC remote whose content does not hash to their name.
+
+    DVC stores each file (and each directory listing, `.dir`) under its md5, so
+    several hosts writing the same object write the same bytes, and an object
+    written half or mixed shows up here."""
+    bad = []
+    for path in sorted((remote / "files" / "md5").rglob("*")):
+        if path.is_file():
+            want = path.parent.name + path.name.removesuffix(".dir")
+            if hashlib.md5(path.read_bytes()).hexdigest() != want:
+                bad.append(str(path.relative_to(remote)))
+    return bad
+
+
 def check(results: dict) -> list[str]:
     """What the demonstration promises; an empty list when all of it holds."""
     a, b, c = results["runs"]
@@ -246,6 +262,8 @@ def check(results: dict) -> list[str]:
     would_run = results["third"]["after_apply_would_run"]
     if would_run:
         problems.append(f"after `dvc exp apply` the third clone would run {would_run}")
+    if results["remote"]["damaged"]:
+        problems.append(f"damaged objects in the DVC remote: {results['remote']['damaged']}")
     if sorted(results["completed"]) != sorted(r["flow_run"] for r in results["runs"]):
         problems.append(f"COMPLETED flow runs {results['completed']} are not the three runs")
     return problems
@@ -292,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             "flow_run_ls": listing,
             "completed": [f["id"] for f in done],
             "third": third,
+            "remote": {
+                "objects": sum(1 for p in (base / "dvc-remote").rglob("*") if p.is_file()),
+                "damaged": remote_damage(base / "dvc-remote"),
+            },
             "wall_s": round(time.monotonic() - t0, 1),
         }
         problems = check(results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def _results(**changes) -> dict:
         "runs": runs,
         "completed": ["3", "2", "1"],
         "third": {"experiments": ["a", "b", "c"], "after_apply_would_run": []},
+        "remote": {"damaged": []},
     }
     for key, value in changes.items():
         run, field = key.split("__")
@@ -59,9 +61,23 @@ def test_the_checks_pass_a_good_demonstration_and_fire_on_each_failure():
     stale = _results()
     stale["third"]["after_apply_would_run"] = ["phase@top"]
     assert "would run ['phase@top']" in multi_worker.check(stale)[0]
+    damaged = _results()
+    damaged["remote"]["damaged"] = ["files/md5/ab/cd"]
+    assert "damaged objects" in multi_worker.check(damaged)[0]
     unfinished = _results()
     unfinished["completed"] = ["1", "2"]
     assert "COMPLETED" in multi_worker.check(unfinished)[0]
+
+
+def test_remote_objects_are_checked_against_their_names(tmp_path):
+    good, text = tmp_path / "files" / "md5", b"weights"
+    digest = hashlib.md5(text).hexdigest()
+    (good / digest[:2]).mkdir(parents=True)
+    (good / digest[:2] / digest[2:]).write_bytes(text)
+    (good / digest[:2] / f"{digest[2:]}.dir").write_bytes(text)  # a listing, hashed the same way
+    assert multi_worker.remote_damage(tmp_path) == []
+    (good / digest[:2] / digest[2:]).write_bytes(text[:3])  # cut short
+    assert multi_worker.remote_damage(tmp_path) == [f"files/md5/{digest[:2]}/{digest[2:]}"]
 
 
 @pytest.mark.slow
@@ -79,6 +95,7 @@ def test_two_workers_share_one_origin_and_one_dvc_remote(tmp_path):
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["problems"] == []
+    assert results["remote"]["objects"] > 0 and results["remote"]["damaged"] == []
     a, b, c = results["runs"]
     assert {"phase@top", "svm"} <= set(a["ran"])
     assert b["ran"] == [] and "phase@top" in b["cached"]
