@@ -131,3 +131,91 @@ def test_a_lock_table_cut_by_a_kill_is_reset_only_when_no_dvc_runs(tmp_path):
     rwlock.write_text('{"read": {"a": 1}, "write": {}}')  # whole: left alone
     assert dvc.repair_rwlock(tmp_path) is False
     assert json.loads(rwlock.read_text()) == {"read": {"a": 1}, "write": {}}
+
+
+# --- DVC's experiment queue (`fer compare --jobs N`) -------------------------------------------
+
+QUEUE_STAGE = {
+    "a": {
+        # x=3 fails; x=9 runs until killed
+        "cmd": 'sh -c \'grep -q "x: 9" params.yaml && sleep 300; cp params.yaml a.txt; '
+        '! grep -q "x: 3" params.yaml\'',
+        "params": ["x"],
+        "outs": ["a.txt"],
+    }
+}
+
+
+def test_queue_status_rows_parse():
+    out = (
+        "Task     Name    Created       Status\n"
+        "4f39653  one     10:36 PM      Running\n"
+        "7a74062          Dec 01, 2025  Failed\n"
+        "39da538  a b     -             Queued\n"
+        "\nWorker status: 1 active, 0 idle\n"
+    )
+    rows = [m.groupdict() for line in out.splitlines() if (m := dvc._QUEUE_ROW.match(line))]
+    assert [(r["task"], r["name"], r["status"]) for r in rows] == [
+        ("4f39653", "one", "Running"),
+        ("7a74062", None, "Failed"),
+        ("39da538", "a b", "Queued"),
+    ]
+
+
+def _wait(root: Path, until, timeout: float = 240.0) -> list[dvc.QueueTask]:
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        tasks = dvc.queue_status(root)
+        if until({t.name: t for t in tasks}):
+            return tasks
+        time.sleep(2)
+    raise AssertionError(f"the queue did not get there in {timeout} s: {tasks}")
+
+
+def _has_log(root: Path, task: str) -> bool:
+    try:
+        return bool(dvc.queue_logs(root, task))
+    except dvc.DvcError:  # "No output logs found" until its process starts
+        return False
+
+
+@pytest.mark.slow
+def test_queue_status_logs_follow_kill_and_remove_as_dvc_prints_them(tmp_path):
+    """Everything `fer compare --jobs N` reads from DVC's queue, against the installed DVC."""
+    root = _project(tmp_path / "p", QUEUE_STAGE)
+    (root / "params.yaml").write_text("x: 1\n")
+    for args in (["add", "-A"], ["commit", "-qm", "p"]):
+        dvc.git(root, "-c", "user.name=t", "-c", "user.email=t@example.com", *args)
+    baseline = dvc.git(root, "rev-parse", "HEAD")
+    for name, x in (("ok", 2), ("bad", 3), ("slow", 9), ("later", 4)):
+        dvc.dvc(root, *dvc.exp_run_args(name, [f"x={x}"], ["a"], queue=True))
+    tasks = {t.name: t for t in dvc.queue_status(root)}
+    assert {n: t.status for n, t in tasks.items()} == dict.fromkeys(
+        ("ok", "bad", "slow", "later"), "Queued"
+    )
+    assert all(re.fullmatch(r"[0-9a-f]{7}", t.task) for t in tasks.values())
+    dvc.queue_remove(root, [tasks["later"].task])  # by task id, still queued
+    assert "later" not in {t.name for t in dvc.queue_status(root)}
+
+    dvc.queue_start(root, 2)
+    _wait(root, lambda s: s["slow"].status == "Running" or s["slow"].done)
+    _wait(root, lambda s: _has_log(root, tasks["slow"].task))  # its process has started
+    slow = dvc.QueueFollower(root, tasks["slow"].task)  # attached while it runs
+    _wait(root, lambda s: s["ok"].done and s["bad"].done)
+    assert not slow.wait(1), "slow sleeps until killed"
+    dvc.queue_kill(root, [tasks["slow"].task])
+    final = {t.name: t.status for t in _wait(root, lambda s: s["slow"].done)}
+    assert final == {"ok": "Success", "bad": "Failed", "slow": "Failed"}
+    assert slow.wait(60) and slow.proc.returncode == 0, "follow ends with the killed run"
+    res = slow.result()
+    assert "a" in res.stages and res.wall_s >= res.stages["a"] > 0, slow.lines
+    assert not any(line.startswith("Following logs") for _, line in slow.lines)
+
+    ok = dvc.QueueFollower(root, tasks["ok"].task)  # a done task: its whole log at once
+    assert ok.wait(60) and ok.proc.returncode == 0
+    assert ok.result().ran == ["a"]
+    assert "Running stage 'a':" in dvc.queue_logs(root, tasks["ok"].task)
+    assert "failed to reproduce 'a'" in dvc.queue_logs(root, tasks["bad"].task)
+    dvc.git(root, "rev-parse", "--verify", dvc.exp_ref(baseline, "ok"))

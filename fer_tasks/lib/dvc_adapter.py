@@ -279,7 +279,151 @@ def exp_ref(baseline: str, name: str) -> str:
 
 
 def queue_start(cwd: Path, jobs: int) -> str:
-    return dvc(cwd, "queue", "start", "--jobs", str(jobs))
+    """`dvc queue start --jobs N`: up to N workers, which run the queue and then exit.
+
+    Its output goes through a file, not a pipe: the workers it spawns keep the
+    descriptors they inherit, and reading a pipe to its end would wait for them all.
+    """
+    import tempfile
+
+    repair_rwlock(cwd)
+    args = [sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)]
+    with tempfile.TemporaryFile("w+") as out:
+        rc = subprocess.run(
+            args, cwd=cwd, env=env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        ).returncode
+        out.seek(0)
+        text = out.read()
+    if rc:
+        raise DvcError(f"`{shlex.join(args)}` exited {rc} in {cwd}:\n{text[-4000:]}")
+    return text
+
+
+# `dvc queue status` rows: "Task  Name  Created  Status"; Created is "%I:%M %p" today,
+# "%b %d, %Y" before, "-" unknown (dvc.repo.experiments.show.format_time)
+_QUEUE_ROW = re.compile(
+    r"^(?P<task>[0-9a-f]{7,40})\s+(?:(?P<name>\S.*?)\s+)?"
+    r"(?P<created>\d{1,2}:\d{2}(?:\s*\S+)?|\S+ \d{1,2}, \d{4}|-)\s+(?P<status>[A-Za-z]+)$"
+)
+
+
+@dataclass(frozen=True)
+class QueueTask:
+    task: str  # the stash commit, abbreviated: what `dvc queue logs/kill/remove` take
+    name: str
+    status: str  # Queued | Running | Success | Failed (DVC's words)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("Success", "Failed")
+
+
+def queue_status(cwd: Path) -> list[QueueTask]:
+    """The tasks of `dvc queue status`, parsed: it has no --json, and `dvc exp show --json`
+    can hang while a queued experiment runs (seen with DVC 3.67). Its worker count is
+    left out: it read 0 while a worker was running an experiment."""
+    return [
+        QueueTask(m["task"], m["name"] or "", m["status"])
+        for line in dvc(cwd, "queue", "status").splitlines()
+        if (m := _QUEUE_ROW.match(line.strip()))
+    ]
+
+
+def queue_logs(cwd: Path, task: str) -> str:
+    """The whole output of a started queued experiment (`dvc queue logs TASK`)."""
+    return dvc(cwd, "queue", "logs", task)
+
+
+def queue_kill(cwd: Path, tasks: list[str]) -> str:
+    return dvc(cwd, "queue", "kill", *tasks) if tasks else ""
+
+
+def queue_remove(cwd: Path, tasks: list[str]) -> str:
+    return dvc(cwd, "queue", "remove", *tasks) if tasks else ""
+
+
+class QueueFollower:
+    """`dvc queue logs --follow TASK` in the background: each line time-stamped on arrival
+    (DVC polls the log once a second), handed to `on_line` and written to `log_path`.
+
+    The command ends when the experiment's process does; `stop()` ends it sooner (a killed
+    experiment never records its exit, and following it would never end). `result()`:
+    the lines' RunResult, its stage seconds measured from this follower's start."""
+
+    def __init__(
+        self,
+        cwd: Path,
+        task: str,
+        *,
+        on_line: Callable[[str], None] | None = None,
+        log_path: Path | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        import threading
+
+        self.lines: list[tuple[float, str]] = []
+        self.t0 = time.monotonic()
+        self.end: float | None = None
+        self._on_line, self._log_path = on_line, log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "queue", "logs", "--follow", task],
+            cwd=cwd,
+            env=environ or env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        log_file = None
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_file = open(self._log_path, "w")  # noqa: SIM115 - a stream, closed below
+        try:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                line = line.rstrip("\n")
+                if line.startswith("Following logs for experiment"):
+                    continue  # DVC's own notice, not the experiment's output
+                self.lines.append((time.monotonic() - self.t0, line))
+                if log_file is not None:
+                    log_file.write(line + "\n")
+                    log_file.flush()
+                if self._on_line is not None:
+                    self._on_line(line)
+        finally:
+            if log_file is not None:
+                log_file.close()
+            self.proc.wait()
+            self.end = time.monotonic() - self.t0
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the command has ended (within `timeout` seconds)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        if not self.wait(10):
+            self.proc.kill()
+            self.wait(10)
+
+    def result(self) -> RunResult:
+        end = self.end if self.end is not None else time.monotonic() - self.t0
+        return RunResult(
+            rc=self.proc.returncode if self.proc.returncode is not None else -1,
+            wall_s=end,
+            stages=stage_seconds(self.lines, end),
+            restored=[m.group(1) for _, line in self.lines if (m := RESTORED.match(line))],
+            tail=[line for _, line in self.lines[-TAIL_LINES:]],
+        )
 
 
 def exp_show(cwd: Path) -> list:
