@@ -167,7 +167,10 @@ def test_exponent_floats_read_as_dvc_reads_them(tmp_path):
 def test_evaluate_split_is_gone_with_a_reason(tmp_path):
     # the old way to score val as if it were test is refused, saying what replaced it
     path = _edit_text(tmp_path, "  gallery_per_class: 4", "  gallery_per_class: 4\n  split: val")
-    with pytest.raises(ParamsError, match=r"evaluate: .*split was removed.*prepare\.roles"):
+    line = _line_of(path, "split: val")
+    with pytest.raises(
+        ParamsError, match=rf"line {line}: evaluate.split: unknown key \(removed: .*prepare\.roles"
+    ):
         load_params(path)
     assert load_params(ROOT / "params.yaml").evaluate.gallery_per_class == 4
 

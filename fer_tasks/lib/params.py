@@ -52,19 +52,11 @@ class SynthesizeParams(_Section):
         return self
 
 
-Role = Literal["auto", "PublicTest", "PrivateTest", "carve"]
-
-
 class SplitRoles(_Section):
-    """Which source split plays val and which plays test (train is always Training).
+    """The source split that plays val and test (train is Training); stages/prepare.py."""
 
-    `auto`: PublicTest -> val and PrivateTest -> test when the source has both;
-    with one held-out split, that one is test and val is carved from Training;
-    with none, both are carved. `carve`: drawn from Training, stratified, seeded.
-    """
-
-    val: Role = "auto"
-    test: Role = "auto"
+    val: Literal["auto", "PublicTest", "PrivateTest", "carve"] = "auto"
+    test: Literal["auto", "PublicTest", "PrivateTest", "carve"] = "auto"
 
     @model_validator(mode="after")
     def _distinct(self) -> SplitRoles:
@@ -163,8 +155,7 @@ class PhaseParams(_Section):
     zoom: float = Field(0.0, ge=0.0, le=0.5)
     # mixup's Beta(alpha, alpha) parameter (0 = off; 0.2-0.4 is the usual range)
     mixup: float = Field(0.0, ge=0.0, le=10.0)
-    # an exponential moving average of the weights (Keras' `use_ema`): the phase's
-    # model gets the averaged weights; the checkpoint keeps both, so resuming continues it
+    # Keras' `use_ema`: the phase's model gets the moving average of its weights
     use_ema: bool = False
     ema_momentum: float = Field(0.99, gt=0.0, lt=1.0)
     seed: Seed = 0
@@ -200,10 +191,6 @@ class PhaseParams(_Section):
             )
         if self.lr_min > self.learning_rate:
             raise InputError(f"lr_min {self.lr_min} is above learning_rate {self.learning_rate}")
-        return self
-
-    @model_validator(mode="after")
-    def _check_ema(self) -> PhaseParams:
         if "ema_momentum" in self.model_fields_set and not self.use_ema:
             raise InputError("ema_momentum has no effect without use_ema: true")
         return self
@@ -272,9 +259,7 @@ class FinetuneParams(_Section):
 
 
 class CalibrateParams(_Section):
-    """How the final model turns a face into probabilities; fixed on val by `calibrate`."""
-
-    # test-time augmentation: the mean of the calibrated softmax of a face and its mirror image
+    # flip TTA: the mean of the calibrated softmax of a face and of its mirror image
     tta_flip: bool = True
     # temperature scaling fitted on val (Guo et al., 2017); false keeps T = 1
     temperature: bool = True
@@ -285,16 +270,6 @@ class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1, le=8192)
     # errors.png: the most confident mistakes shown for each true class
     gallery_per_class: int = Field(4, ge=1, le=20)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_split(cls, data):
-        if isinstance(data, dict) and "split" in data:
-            raise InputError(
-                "split was removed: evaluate always scores the test split once, and every "
-                "choice is made on val (prepare.roles says which source split is which)"
-            )
-        return data
 
 
 class ExportParams(_Section):
@@ -345,12 +320,19 @@ def _invalid(path: str | Path, entries: list[str]) -> ParamsError:
     return ParamsError("\n".join([f"{path}: invalid parameters", *(f"  {e}" for e in entries)]))
 
 
+REMOVED = {  # keys that existed once, with what replaced them
+    "evaluate.split": "removed: evaluate scores the test split once and every choice is made "
+    "on val; prepare.roles says which source split is test",
+}
+
+
 def _entries(err: ValidationError, lines_of: dict[str, int]) -> list[str]:
     entries = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            entries.append(f"{_at(key, lines_of)}{key}: unknown key")
+            why = f" ({REMOVED[key]})" if key in REMOVED else ""
+            entries.append(f"{_at(key, lines_of)}{key}: unknown key{why}")
         else:
             got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
             entries.append(f"{_at(key, lines_of)}{key}: {e['msg']}{got}")
