@@ -11,10 +11,11 @@ What a user does, in a work clone outside the project (`--work`):
 The clone is of the project's last commit (commit first). Stage commands run
 the clone's own `fer_tasks` (PYTHONPATH), so editing the project while a run
 goes on changes nothing in it. The figures come from the pipeline's files:
-`reports/evaluate/metrics.json` (the preset scores `evaluate.split: val`, that
-is PublicTest), `reports/export.json`, the final phase's `state.json`; stage
-times from the time-stamped "Running stage" lines of `dvc repro`. Rerunning
-with the same --work reruns nothing (DVC's cache) and only extends.
+`reports/evaluate/metrics.json` (the test split, read once: PublicTest under the
+presets' protocol, with val carved from Training), `reports/export.json`, the
+final phase's `state.json`; stage times from the time-stamped "Running stage"
+lines of `dvc repro`. Rerunning with the same --work reruns nothing (DVC's
+cache) and only extends.
 
     .venv/bin/python bench/real_pipeline.py --preset fer2013-cpu [--extend 2] [--figures docs/img]
 """
