@@ -1,6 +1,7 @@
 """`fer compare`: the write-up's configurations as DVC experiments, and the comparison report."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -187,14 +188,171 @@ def test_dry_run_prints_one_dvc_command_per_configuration(capsys):
     assert "'~finetune.phases'" in cmds[0] and cmds[0].endswith(" evaluate")
 
 
+def test_dry_run_with_jobs_prints_queue_commands(capsys):
+    compare.compare(ROOT / "params.yaml", ["EFN_base"], 0.1, dry_run=True, jobs=2)
+    cmds = capsys.readouterr().out.strip().splitlines()
+    assert cmds[0].startswith("dvc exp run --queue -n EFN_base ") and "--temp" not in cmds[0]
+    assert cmds[1] == "dvc queue start --jobs 2"
+
+
+# --- --jobs N: the queue loop against a scripted DVC queue (no DVC runs) ----------------------
+
+
+class _FakeQueue:
+    """dvc_adapter's queue functions over a script of `dvc queue status` answers."""
+
+    def __init__(self, script: list[dict[str, str]], before: dict[str, str] | None = None):
+        self.before = before or {}
+        self.script = script  # one {name: status} per poll
+        self.polls = -1  # -1: before queueing; 0: right after it
+        self.queued: list[str] = []
+        self.calls: list[tuple] = []
+
+    def status(self, root):
+        if self.polls < 0 and not self.queued:
+            rows = self.before
+        else:
+            self.polls += 1
+            rows = self.script[min(self.polls - 1, len(self.script) - 1)] if self.polls else {}
+            rows = {**self.before, **{n: rows.get(n, "Queued") for n in self.queued}}
+        return [dvc_adapter.QueueTask(self.task(n), n, st) for n, st in rows.items()]
+
+    def task(self, name: str) -> str:
+        return f"{abs(hash(name)) % 16**7:07x}" if name in self.queued else "aaaaaaa"
+
+    def dvc(self, root, *args):
+        self.calls.append(args)
+        if args[:3] == ("exp", "run", "--queue"):
+            name = args[args.index("-n") + 1]
+            if name == "EFN_nope":
+                raise dvc_adapter.DvcError("`dvc exp run --queue` exited 1: no")
+            self.queued.append(name)
+        return ""
+
+
+class _FakeFollower:
+    def __init__(self, root, task, *, on_line=None, log_path=None):
+        self.proc = type("P", (), {"returncode": 0})()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("Running stage 'phase@all':\n")
+
+    def running(self):
+        return False
+
+    def wait(self, timeout=None):
+        return True
+
+    def stop(self):
+        pass
+
+    def result(self):
+        return dvc_adapter.RunResult(rc=0, wall_s=12.0, stages={"base": 2.0, "phase@all": 10.0})
+
+
+@pytest.fixture
+def fake_queue(monkeypatch):
+    def make(script, before=None):
+        q = _FakeQueue(script, before)
+        monkeypatch.setattr(dvc_adapter, "queue_status", q.status)
+        monkeypatch.setattr(dvc_adapter, "dvc", q.dvc)
+        monkeypatch.setattr(dvc_adapter, "git", lambda root, *a: "ab" * 20)
+        monkeypatch.setattr(
+            dvc_adapter, "queue_start", lambda root, j: q.calls.append(("start", j))
+        )
+        monkeypatch.setattr(dvc_adapter, "queue_logs", lambda root, t: f"log of {t}\n")
+        monkeypatch.setattr(
+            dvc_adapter, "queue_kill", lambda root, ts: q.calls.append(("kill", *ts))
+        )
+        monkeypatch.setattr(
+            dvc_adapter, "queue_remove", lambda root, ts: q.calls.append(("rm", *ts))
+        )
+        monkeypatch.setattr(dvc_adapter, "QueueFollower", _FakeFollower)
+        monkeypatch.setattr(compare, "remove_previous", lambda root, b, n: None)
+        return q
+
+    return make
+
+
+def _resolved(*names: str) -> dict:
+    return {n: overlay.resolve(BASE, n, 0.1) for n in names}
+
+
+def test_queued_runs_report_success_and_failure_as_they_finish(tmp_path, fake_queue, capsys):
+    q = fake_queue(
+        [
+            {"EFN_base": "Running"},
+            {"EFN_base": "Running", "EFN_2StepsToAll": "Running"},
+            {"EFN_base": "Success", "EFN_2StepsToAll": "Running"},
+            {"EFN_base": "Success", "EFN_2StepsToAll": "Failed"},
+        ],
+        before={"EFN_base": "Success"},  # an earlier run's task: done, so no obstacle
+    )
+    done: dict[str, dict] = {}
+    total = compare.run_queued(
+        tmp_path, _resolved("EFN_base", "EFN_2StepsToAll"), "evaluate", tmp_path / "logs", 2,
+        lambda n, run: done.setdefault(n, run), poll_s=0,
+    )  # fmt: skip
+    assert list(done) == ["EFN_base", "EFN_2StepsToAll"] and total >= 0
+    assert ("start", 2) in q.calls
+    queued = [c for c in q.calls if c[:3] == ("exp", "run", "--queue")]
+    assert [c[c.index("-n") + 1] for c in queued] == ["EFN_base", "EFN_2StepsToAll"]
+    assert all(c[-1] == "evaluate" and "--temp" not in c for c in queued)
+    ok, bad = done["EFN_base"], done["EFN_2StepsToAll"]
+    assert ok["rc"] == 0 and ok["queue_status"] == "Success"
+    assert ok["wall_s"] == 12.0 and ok["train_s"] == 10.0 and ok["baseline"] == "ab" * 20
+    assert bad["rc"] == 1 and bad["queue_status"] == "Failed"
+    log = (tmp_path / "logs" / "EFN_2StepsToAll.log").read_text()
+    assert log.startswith(f"$ dvc queue logs {q.task('EFN_2StepsToAll')}  # Failed")
+    out = capsys.readouterr().out
+    assert "[EFN_base] Success: 12 s (1 of 2 done" in out and "(2 of 2 done" in out
+    rec = {
+        "config": "EFN_2StepsToAll",
+        "overrides": _resolved("EFN_2StepsToAll")["EFN_2StepsToAll"],
+    }
+    row, _ = compare._row(tmp_path, BASE, {**rec, **bad})
+    assert row["status"] == "failed (dvc queue: Failed, logs/EFN_2StepsToAll.log)"
+
+
+def test_queued_refuses_names_already_waiting_in_the_queue(tmp_path, fake_queue):
+    fake_queue([], before={"EFN_base": "Running"})
+    with pytest.raises(compare.InputError, match="already in DVC's queue.*EFN_base"):
+        compare.run_queued(
+            tmp_path, _resolved("EFN_base"), "evaluate", tmp_path, 2, lambda *a: None, poll_s=0
+        )
+
+
+def test_queued_timeout_kills_running_and_removes_queued(tmp_path, fake_queue):
+    q = fake_queue([{"EFN_base": "Running", "EFN_2StepsToAll": "Queued"}])
+    done: dict[str, dict] = {}
+    compare.run_queued(
+        tmp_path, _resolved("EFN_base", "EFN_2StepsToAll"), "final", tmp_path / "logs", 2,
+        lambda n, run: done.setdefault(n, run), timeout_s=0, poll_s=0,
+    )  # fmt: skip
+    assert ("kill", q.task("EFN_base")) in q.calls and ("rm", q.task("EFN_2StepsToAll")) in q.calls
+    assert {n: r["queue_status"] for n, r in done.items()} == dict.fromkeys(done, "timed out")
+    assert "timed out" in (tmp_path / "logs" / "EFN_base.log").read_text()
+
+
 # --- end to end: two configurations as DVC experiments in a tiny temporary project ------------
 
 TINY = {"synthesize": {"n_samples": 420}, "svm": {"max_iter": 500, "pca_components": 64}}
 
 
-@pytest.mark.slow
-def test_fer_compare_end_to_end(tmp_path):
-    repo = tmp_path / "project"
+ARGS = (
+    "--configs", "EFN_base", "EFN_2StepsToBlock7",
+    "--epochs-scale", "0.05",
+    "--phase-set", "steps_per_epoch=2",
+    "--target", "final",
+)  # fmt: skip
+# --target final: train the phases only (no features/SVM/evaluate) to stay quick
+SAME = ("config", "phases", "epochs", "val_accuracy", "val_loss", "val_macro_f1",
+        "max_class_share", "collapsed", "test_accuracy")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory):
+    """A tiny project and `fer compare` of two configurations in it, one after the other."""
+    repo = tmp_path_factory.mktemp("compare") / "project"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
@@ -220,19 +378,17 @@ def test_fer_compare_end_to_end(tmp_path):
     run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "tiny project")
+    run(sys.executable, "-m", "fer_tasks", "compare", *ARGS)
+    out = repo / "reports" / "compare"
+    table = {r["config"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    return repo, run, table
 
-    # --target final: train the phases only (no features/SVM/evaluate) to stay quick
-    run(
-        sys.executable, "-m", "fer_tasks", "compare",
-        "--configs", "EFN_base", "EFN_2StepsToBlock7",
-        "--epochs-scale", "0.05",
-        "--phase-set", "steps_per_epoch=2",
-        "--target", "final",
-    )  # fmt: skip
 
+@pytest.mark.slow
+def test_fer_compare_end_to_end(tiny_compare):
+    repo, run, table = tiny_compare
     out = repo / "reports" / "compare"
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    table = {r["config"]: r for r in csv.DictReader((out / "comparison.csv").open())}
     assert list(table) == ["EFN_base", "EFN_2StepsToBlock7"]
     for r in table.values():
         assert r["status"].startswith("ok"), r
@@ -254,3 +410,31 @@ def test_fer_compare_end_to_end(tmp_path):
     again = {r["config"]: r for r in csv.DictReader((out / "comparison.csv").open())}
     assert again == table
     assert (out / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_fer_compare_jobs_2_through_dvc_queue_gives_the_serial_values(tiny_compare):
+    """--jobs 2: both configurations queued and run at once, the same table values."""
+    repo, run, serial = tiny_compare
+    before = {
+        r.rsplit("/", 1)[1]: r
+        for r in run("git", "for-each-ref", "refs/exps", "--format=%(refname)").stdout.split()
+        if not r.startswith("refs/exps/celery")
+    }
+    r = run(sys.executable, "-m", "fer_tasks", "compare", *ARGS, "--jobs", "2", "--out", "q")
+    out = repo / "q"
+    queued = {r["config"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    assert list(queued) == list(serial)
+    for n, row in queued.items():
+        assert row["status"].startswith(f"ok (exp {n}, "), row
+        assert {k: row[k] for k in SAME} == {k: serial[n][k] for k in SAME}, n
+        assert float(row["wall_s"]) >= float(row["train_s"]) > 0  # from the followed log
+        log = (out / "logs" / f"{n}.log").read_text()
+        assert log.startswith("$ dvc queue logs ") and "Running stage 'phase@" in log
+        assert json.loads((out / "runs" / f"{n}.json").read_text())["queue_status"] == "Success"
+    assert "1 of 2 done" in r.stdout and "2 of 2 done" in r.stdout
+    assert "dvc queue start --jobs 2" in (out / "comparison.md").read_text()
+    refs = run("git", "for-each-ref", "refs/exps", "--format=%(refname)").stdout.split()
+    after = {r.rsplit("/", 1)[1]: r for r in refs if not r.startswith("refs/exps/celery")}
+    assert after.keys() == before.keys() == set(serial)  # the same names, replaced
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == overlay.apply(BASE, TINY)
