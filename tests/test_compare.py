@@ -179,6 +179,10 @@ def test_cli_has_compare():
 
     args = _parser().parse_args(["compare", "--configs", "EFN_base", "--epochs-scale", "0.1"])
     assert args.configs == ["EFN_base"] and args.epochs_scale == 0.1
+    assert args.jobs == 1 and args.queue_timeout == compare.QUEUE_TIMEOUT_H
+    assert _parser().parse_args(["compare", "--jobs", "2"]).jobs == 2
+    with pytest.raises(compare.InputError, match="--jobs 0"):
+        compare.compare(ROOT / "params.yaml", jobs=0, dry_run=True)
 
 
 def test_dry_run_prints_one_dvc_command_per_configuration(capsys):
