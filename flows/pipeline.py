@@ -30,6 +30,10 @@ or the `-S` experiment) sent with `dvc exp push` (git ref + cached outputs).
 Stage commands import the workspace's own `fer_tasks` (PYTHONPATH), not the
 installed copy, so a worker runs the code of the ref it cloned.
 
+`sweep=[[...], [...]]` runs one DVC experiment per list of overrides through
+DVC's queue (`dvc exp run --queue`, `dvc queue start --jobs <jobs>`), as
+`fer compare --jobs` does; each is named `<name>-<i>`.
+
 One run at a time per workspace: an exclusive file lock (`.dvc/tmp/fer-flow.lock`)
 makes a second run wait.
 
@@ -66,6 +70,7 @@ from fer_tasks.lib.params import parse_params, read_yaml
 from fer_tasks.lib.reports import Reader, files, pictures_markdown, read_metrics
 
 LOCK_FILE = ".dvc/tmp/fer-flow.lock"  # under .dvc/tmp: ignored by git and DVC
+SWEEP_LOGS = ".dvc/tmp/fer-sweep"  # one log per queued experiment
 MAX_PARALLEL = 2  # stage processes at once (independent branches only)
 # only tasks that talk to remote storage retry: 10 s, 20 s, 40 s (+-20 %)
 REMOTE_RETRIES = dict(
@@ -145,6 +150,33 @@ def dvc_experiment(workspace: Path, name: str | None, set_params: list[str]) -> 
         )
     names = [m.group(1) for line in lines if (m := _EXPERIMENT.match(line))]
     return {"experiment": names[-1] if names else name, "stages": res.stages}
+
+
+@task(task_run_name="dvc queue: {count} experiments, {jobs} at once", cache_policy=NO_CACHE)
+def dvc_sweep(workspace: Path, experiments: dict[str, dict], jobs: int, count: int) -> dict:
+    """Queue one experiment per overlay, run them `jobs` at a time; their run records."""
+    from fer_tasks.tools.compare import run_queued
+
+    log = get_run_logger()
+    runs: dict[str, dict] = {}
+
+    def done(name: str, run: dict) -> None:
+        runs[name] = run
+        ran = ", ".join(run["stages"]) or "nothing"
+        log.info(f"{name}: {run['queue_status']} in {run['wall_s'] or 0:.0f} s; ran {ran}")
+
+    # DVC's queue workers inherit this process's environment: they, too, must import
+    # the workspace's code (stage_env)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = stage_env()["PYTHONPATH"]
+    try:
+        run_queued(workspace, experiments, None, workspace / SWEEP_LOGS, jobs, done)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return runs
 
 
 @task(**REMOTE_RETRIES)
@@ -320,6 +352,16 @@ def render_report(summary: dict[str, Any]) -> str:
         lines += [f"Started from the shared run **{summary['reused']}** (`dvc exp apply`)", ""]
     if summary.get("overrides"):
         lines += ["Overrides: " + ", ".join(f"`{o}`" for o in summary["overrides"]), ""]
+    for r in summary.get("sweep") or []:
+        final = [m for k, m in (r.get("metrics") or {}).items() if k.startswith("final model")]
+        acc = fmt(final[0]["accuracy"]) if final else ""
+        lines += [
+            f"- **{r['experiment']}** ({', '.join(f'`{o}`' for o in r['overrides'])}): "
+            f"{r['queue_status']}, ran {', '.join(r['stages']) or 'nothing'}"
+            + (f", final model accuracy {acc}" if acc else "")
+        ]
+    if summary.get("sweep"):
+        lines += [""]
     lines += ["| stage | result | seconds |", "|---|---|---|"]
     lines += [f"| {r['stage']} | {r['status']} | {fmt(r['seconds'])} |" for r in summary["stages"]]
     by = {s: [r["stage"] for r in summary["stages"] if r["status"] == s] for s in ("ran", "cached")}
@@ -419,6 +461,38 @@ def _publish(
     return summary
 
 
+def _run_sweep(
+    workspace: Path,
+    plan: dvc.Plan,
+    base: str,
+    sweep: list[list[str]],
+    overs: list[dict],
+    jobs: int,
+    remote: str | None,
+    share: str | None,
+) -> dict[str, Any]:
+    names = [f"{base}-{i + 1}" for i in range(len(overs))]
+    runs = dvc_sweep(workspace, dict(zip(names, overs, strict=True)), jobs, len(names))
+    head = dvc.git(workspace, "rev-parse", "HEAD")
+    rows, failed = [], []
+    for name, overrides in zip(names, sweep, strict=True):
+        run = runs.get(name, {"queue_status": "not run", "stages": {}, "wall_s": None})
+        row = {"experiment": name, "overrides": list(overrides), **run}
+        if run["queue_status"] == "Success":
+            row["metrics"] = read_report_metrics(experiment_files(workspace, name))
+            if share:
+                dvc_exp_push(workspace, share, name)
+        else:
+            failed.append(name)
+        rows.append(row)
+    summary = _summary(workspace, [], lambda rel: None, remote=remote, overrides=[])
+    summary.update(sweep=rows, baseline=head, ran=sorted({s for r in rows for s in r["stages"]}))
+    summary["cached"] = [s for s in plan.order if s not in summary["ran"]]
+    _log("sweep: " + "; ".join(f"{r['experiment']} {r['queue_status']}" for r in rows))
+    failure = StageFailed(f"experiments failed: {', '.join(failed)}") if failed else None
+    return _publish(summary, failure)
+
+
 @flow(name="fer-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL))
 def fer_pipeline(
     workspace: Path = Path("."),
@@ -427,6 +501,8 @@ def fer_pipeline(
     remote: str | None = None,
     lock_timeout_s: float = 24 * 3600,
     share: str | None = None,
+    sweep: list[list[str]] | None = None,
+    jobs: int = 2,
 ) -> dict[str, Any]:
     """Reproduce the DVC pipeline, one task run per stage; overrides run as a DVC experiment.
 
@@ -436,6 +512,11 @@ def fer_pipeline(
     workspace = workspace.resolve()
     overrides = list(overrides or [])
     over = override_params(workspace / "params.yaml", overrides)  # before any work
+    sweep_overs = [override_params(workspace / "params.yaml", list(s)) for s in sweep or []]
+    if sweep_overs and overrides:
+        raise ValueError("give either overrides (one experiment) or sweep (several), not both")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
     with workspace_lock(workspace, lock_timeout_s):
         remote = remote or dvc.default_remote(workspace)
         if remote:
@@ -449,6 +530,9 @@ def fer_pipeline(
                 if reused:
                     plan = dvc.plan(workspace)
             experiment_name = run_name(experiment_name, taken)
+        if sweep_overs:
+            base = experiment_name or run_name(None, taken)
+            return _run_sweep(workspace, plan, base, sweep, sweep_overs, jobs, remote, share)
         if not overrides and (share or not experiment_name):
             results, failure = _run_stages(plan, workspace)
             if failure is None and share:
@@ -504,7 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--share", metavar="GIT_REMOTE", help="reuse and push runs as DVC experiments there"
     )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        metavar="'K=V K=V'",
+        help="one queued experiment per --sweep (space-separated overrides); repeat it",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="experiments at once (--sweep)")
     args = parser.parse_args(argv)
+    args.sweep = [s.split() for s in args.sweep] if args.sweep else None
     state = fer_pipeline(**vars(args), return_state=True)
     if not state.is_completed():
         print(state.message, file=sys.stderr)

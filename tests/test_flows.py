@@ -148,6 +148,49 @@ def test_override_runs_only_dependents_as_an_experiment(project):
 
 
 @pytest.mark.slow
+def test_sweep_queues_one_experiment_per_override_list(project):
+    """`sweep` goes through DVC's queue, two at once: each experiment has its own params
+    and reruns only what its overrides touch."""
+    if not _tracked_lock(project):
+        project.run("git", "add", "dvc.lock")
+        project.run("git", *IDENTITY, "commit", "-qm", "first run")
+    lock_before = _lock(project)
+    summary = fer_pipeline(
+        workspace=project.path,
+        sweep=[["svm.C=0.5"], ["svm.C=0.25"]],
+        jobs=2,
+        experiment_name="sweep",
+    )
+    rows = {r["experiment"]: r for r in summary["sweep"]}
+    assert set(rows) == {"sweep-1", "sweep-2"}
+    for name, c in (("sweep-1", 0.5), ("sweep-2", 0.25)):
+        assert rows[name]["queue_status"] == "Success"
+        assert set(rows[name]["stages"]) - {"validate"} == {"svm", "summary"}, rows[name]
+        refs = project.run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout
+        (ref,) = [r for r in refs.split() if r.endswith(f"/{name}")]
+        exp_lock = yaml.safe_load(project.run("git", "show", f"{ref}:dvc.lock").stdout)
+        assert exp_lock["stages"]["svm"]["params"]["params.yaml"]["svm"]["C"] == c
+        assert rows[name]["metrics"]["svm baseline (test)"]["accuracy"] is not None
+    assert _lock(project) == lock_before  # the workspace is untouched
+
+
+def _tracked_lock(repo: Repo) -> bool:
+    return (
+        bool(repo.run("git", "ls-files", "dvc.lock").stdout.strip())
+        and not repo.run("git", "status", "--porcelain", "dvc.lock").stdout.strip()
+    )
+
+
+def test_sweep_and_overrides_together_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        fer_pipeline.fn(
+            workspace=_params_file(tmp_path).parent, overrides=["svm.C=0.5"], sweep=[["svm.C=1"]]
+        )
+    with pytest.raises(ParamsError, match=r"svm\.C"):
+        fer_pipeline.fn(workspace=tmp_path, sweep=[["svm.C=0.5"], ["svm.C=-1"]])
+
+
+@pytest.mark.slow
 def test_failing_stage_fails_the_flow_with_its_message(project):
     state = fer_pipeline(
         workspace=project.path, overrides=["svm.pca_components=5000"], return_state=True
