@@ -145,6 +145,19 @@ def stage_seconds(lines: list[tuple[float, str]], end: float) -> dict[str, float
     return out
 
 
+def popen_dvc(cwd: Path, args: list[str], environ: dict[str, str] | None) -> subprocess.Popen:
+    """`dvc ARGS` started with its output (stderr joined) readable line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=environ or env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+
+
 def stream(
     cwd: Path,
     args: list[str],
@@ -163,15 +176,7 @@ def stream(
         log = open(log_path, "w")  # noqa: SIM115 - a stream, closed below
         log.write(f"$ dvc {shlex.join(args)}\n")
     try:
-        with subprocess.Popen(
-            [sys.executable, "-m", "dvc", *args],
-            cwd=cwd,
-            env=environ or env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        ) as proc:
+        with popen_dvc(cwd, args, environ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 lines.append((time.monotonic() - t0, line.rstrip("\n")))
@@ -365,15 +370,7 @@ class QueueFollower:
         self.t0 = time.monotonic()
         self.end: float | None = None
         self._on_line, self._log_path = on_line, log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "queue", "logs", "--follow", task],
-            cwd=cwd,
-            env=environ or env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
+        self.proc = popen_dvc(cwd, ["queue", "logs", "--follow", task], environ)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
