@@ -150,20 +150,21 @@ def test_override_runs_only_dependents_as_an_experiment(project):
 @pytest.mark.slow
 def test_sweep_queues_one_experiment_per_override_list(project):
     """`sweep` goes through DVC's queue, two at once: each experiment has its own params
-    and reruns only what its overrides touch."""
+    and reruns only what its overrides touch. (C values no other test uses: DVC would
+    restore an svm stage another experiment ran from its run-cache, and not run it.)"""
     if not _tracked_lock(project):
         project.run("git", "add", "dvc.lock")
         project.run("git", *IDENTITY, "commit", "-qm", "first run")
     lock_before = _lock(project)
     summary = fer_pipeline(
         workspace=project.path,
-        sweep=[["svm.C=0.5"], ["svm.C=0.25"]],
+        sweep=[["svm.C=0.3"], ["svm.C=0.2"]],
         jobs=2,
         experiment_name="sweep",
     )
     rows = {r["experiment"]: r for r in summary["sweep"]}
     assert set(rows) == {"sweep-1", "sweep-2"}
-    for name, c in (("sweep-1", 0.5), ("sweep-2", 0.25)):
+    for name, c in (("sweep-1", 0.3), ("sweep-2", 0.2)):
         assert rows[name]["queue_status"] == "Success"
         assert set(rows[name]["stages"]) - {"validate"} == {"svm", "summary"}, rows[name]
         refs = project.run("git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout
