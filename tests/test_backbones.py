@@ -81,3 +81,23 @@ def test_base_layer_counts_that_validation_uses(backbone, size):
     p = ModelParams(backbone=backbone, weights="none", input_size=size)
     model = build_model(build_backbone(p), BaseModelParams())
     assert len(model.layers) == BASE_LAYERS[backbone] + (size != 48)
+
+
+@pytest.mark.slow
+def test_a_random_backbone_is_the_same_in_every_process(tmp_path):
+    """model.weights: none: the stage seeds the random weights, so two processes write the
+    same file (fer compare's EFN_base_init: the same values run serially or queued)."""
+    import os
+    from pathlib import Path
+
+    code = (
+        "import sys; from pathlib import Path; from fer_tasks.lib.params import ModelParams\n"
+        "from fer_tasks.stages.backbone import resolve_backbone\n"
+        "resolve_backbone(Path(sys.argv[1]), ModelParams(weights='none'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for i in (1, 2):
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / f"{i}.keras")], check=True, env=env
+        )
+    assert (tmp_path / "1.keras").read_bytes() == (tmp_path / "2.keras").read_bytes()
