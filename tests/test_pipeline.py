@@ -217,7 +217,13 @@ def test_pushed_run_travels_to_a_fresh_clone_and_extends_there(repo, tmp_path):
     clone.set_params(params)
     r = clone.dvc("repro")
     log = r.stdout + r.stderr
-    assert clone.ran(r) - {"validate"} == {"phase@block7", "evaluate", "summary", "export"}
+    assert clone.ran(r) - {"validate"} == {
+        "phase@block7",
+        "calibrate",
+        "evaluate",
+        "summary",
+        "export",
+    }
     assert "phase block7: resuming from checkpoint at epoch 2 (target 3)" in log
     assert "phase block7: epochs 3-3 of 3" in log  # exactly one epoch trained
     extended = _state(clone, "block7")
@@ -289,7 +295,7 @@ def test_second_phase_learning_rate_reruns_it_and_later_only(repo):
     try:
         assert repo.changed() == {"phase@block7"}
         ran = repo.ran(repo.dvc("repro"))
-        assert ran - {"validate"} == {"phase@block7", "evaluate", "summary", "export"}
+        assert ran - {"validate"} == {"phase@block7", "calibrate", "evaluate", "summary", "export"}
     finally:
         repo.set_params(original)
         repo.dvc("repro")
@@ -325,6 +331,6 @@ def test_adding_a_third_phase_runs_only_it(repo):
     edited["finetune"]["final"] = "all"
     repo.set_params(edited)
     r = repo.dvc("repro")
-    assert repo.ran(r) - {"validate", "evaluate", "summary", "export"} == {"phase@all"}
+    assert repo.ran(r) - {"validate", "calibrate", "evaluate", "summary", "export"} == {"phase@all"}
     state = json.loads((repo.path / "models/phases/all/state.json").read_text())
     assert (state["epoch_start"], state["epoch_end"]) == (2, 3)
