@@ -49,6 +49,7 @@ def test_mixed_precision_backbone_through_phase_and_export(tmp_path: Path, preci
 
     report = export_tflite(
         m / "top" / "model.keras",
+        None,  # no calibration recipe: T = 1, no TTA
         d["train"],
         d["val"],
         m / "export",
