@@ -165,17 +165,10 @@ def dvc_sweep(workspace: Path, experiments: dict[str, dict], jobs: int, count: i
         ran = ", ".join(run["stages"]) or "nothing"
         log.info(f"{name}: {run['queue_status']} in {run['wall_s'] or 0:.0f} s; ran {ran}")
 
-    # DVC's queue workers inherit this process's environment: they, too, must import
-    # the workspace's code (stage_env)
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = stage_env()["PYTHONPATH"]
-    try:
-        run_queued(workspace, experiments, None, workspace / SWEEP_LOGS, jobs, done)
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    # the queue's workers run the stages: they, too, import the workspace's code
+    run_queued(
+        workspace, experiments, None, workspace / SWEEP_LOGS, jobs, done, environ=stage_env()
+    )
     return runs
 
 
@@ -473,7 +466,6 @@ def _run_sweep(
 ) -> dict[str, Any]:
     names = [f"{base}-{i + 1}" for i in range(len(overs))]
     runs = dvc_sweep(workspace, dict(zip(names, overs, strict=True)), jobs, len(names))
-    head = dvc.git(workspace, "rev-parse", "HEAD")
     rows, failed = [], []
     for name, overrides in zip(names, sweep, strict=True):
         run = runs.get(name, {"queue_status": "not run", "stages": {}, "wall_s": None})
@@ -486,7 +478,7 @@ def _run_sweep(
             failed.append(name)
         rows.append(row)
     summary = _summary(workspace, [], lambda rel: None, remote=remote, overrides=[])
-    summary.update(sweep=rows, baseline=head, ran=sorted({s for r in rows for s in r["stages"]}))
+    summary.update(sweep=rows, ran=sorted({s for r in rows for s in r["stages"]}))
     summary["cached"] = [s for s in plan.order if s not in summary["ran"]]
     _log("sweep: " + "; ".join(f"{r['experiment']} {r['queue_status']}" for r in rows))
     failure = StageFailed(f"experiments failed: {', '.join(failed)}") if failed else None

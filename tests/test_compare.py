@@ -261,7 +261,7 @@ def fake_queue(monkeypatch):
         monkeypatch.setattr(dvc_adapter, "dvc", q.dvc)
         monkeypatch.setattr(dvc_adapter, "git", lambda root, *a: "ab" * 20)
         monkeypatch.setattr(
-            dvc_adapter, "queue_start", lambda root, j: q.calls.append(("start", j))
+            dvc_adapter, "queue_start", lambda root, j, environ=None: q.calls.append(("start", j))
         )
         monkeypatch.setattr(dvc_adapter, "queue_logs", lambda root, t: f"log of {t}\n")
         monkeypatch.setattr(

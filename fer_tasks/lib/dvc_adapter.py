@@ -283,8 +283,9 @@ def exp_ref(baseline: str, name: str) -> str:
     return f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
 
 
-def queue_start(cwd: Path, jobs: int) -> str:
+def queue_start(cwd: Path, jobs: int, environ: dict[str, str] | None = None) -> str:
     """`dvc queue start --jobs N`: up to N workers, which run the queue and then exit.
+    The workers, and the stage commands they run, get `environ` (default: env()).
 
     Its output goes through a file, not a pipe: the workers it spawns keep the
     descriptors they inherit, and reading a pipe to its end would wait for them all.
@@ -295,7 +296,7 @@ def queue_start(cwd: Path, jobs: int) -> str:
     args = [sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)]
     with tempfile.TemporaryFile("w+") as out:
         rc = subprocess.run(
-            args, cwd=cwd, env=env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            args, cwd=cwd, env=environ or env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out
         ).returncode
         out.seek(0)
         text = out.read()

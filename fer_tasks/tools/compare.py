@@ -108,8 +108,10 @@ def run_queued(
     on_done: Callable[[str, dict], None],
     timeout_s: float = QUEUE_TIMEOUT_H * 3600,
     poll_s: float = POLL_S,
+    environ: dict[str, str] | None = None,
 ) -> float:
     """Queue every configuration, run the queue with `jobs` workers, wait until all are done.
+    The queue's workers get `environ` (default: dvc_adapter.env()).
 
     `on_done(name, run)` gets each experiment's run (as run_experiment's, plus the queue
     task and its final status) as it finishes. Returns the seconds from queueing to the
@@ -151,7 +153,7 @@ def run_queued(
             on_done(n, _queued_run(baseline, None, "not in the queue", 0.0, None))
     pending = dict(tasks)
     log.info("dvc queue start --jobs %d: %d experiments", jobs, len(pending))
-    dvc.queue_start(root, jobs)
+    dvc.queue_start(root, jobs, environ=environ)
     followers: dict[str, dvc.QueueFollower] = {}
     seen_running: dict[str, float] = {}
     missing: dict[str, int] = {}
@@ -201,7 +203,7 @@ def run_queued(
                 log.warning(
                     "nothing ran for %.0f s: dvc queue start --jobs %d again", STALLED_S, jobs
                 )
-                dvc.queue_start(root, jobs)
+                dvc.queue_start(root, jobs, environ=environ)
                 stalled = 0
             if pending and time.monotonic() - t0 > timeout_s:
                 _give_up(root, pending, by_task, followers, logs_dir, baseline, timeout_s, on_done)
