@@ -1,12 +1,13 @@
 # Two commands set up and use a fresh machine:
 #   make run   - create .venv if missing, install, run the pipeline (dvc repro), print metrics
-#   make test  - the whole test suite
+#   make test  - the test suite (what CI runs)
+#   make test-long - the opt-in long tests: the kill loop, the two-worker demonstration
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install
+.PHONY: run test test-long lint install
 
 install: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+test-long: install
+	$(BIN)/pytest -m long
 
 lint: install
 	$(BIN)/ruff check .

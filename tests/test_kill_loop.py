@@ -56,8 +56,13 @@ def test_half_written_json_and_temporary_siblings_are_found(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_short_kill_loop_recovers_every_time(tmp_path) -> None:
-    """CI's bounded version: one SIGKILL in each long stage (the bench runs N >= 20)."""
+    """One SIGKILL in each long stage (the bench runs N >= 20); opt-in (make test-long).
+
+    CI's bounded versions: a SIGKILL of `fer phase` under `dvc repro`
+    (test_pipeline), mid-epoch (test_phase) and inside an output swap (test_io).
+    """
     res = kill_loop.kill_loop(tmp_path, kills=4, seed=1, log=lambda *_: None)
     assert res["problems"] == []
     assert res["by_stage"] == dict.fromkeys(kill_loop.STAGES, 1)
