@@ -81,9 +81,14 @@ def test_remote_objects_are_checked_against_their_names(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_workers_share_one_origin_and_one_dvc_remote(tmp_path):
     """Worker A trains, worker B reuses A's run and runs nothing, B's svm.C experiment
-    runs svm and summary alone, and a third clone lists all three runs."""
+    runs svm and summary alone, and a third clone lists all three runs.
+
+    Opt-in (make test-long, about 10 minutes). CI's bounded version, without Prefect
+    workers: tests/test_flows.py::test_a_run_shared_through_origin_is_reused_by_a_shallow_clone.
+    """
     out = tmp_path / "demo.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "multi_worker.py"), "--short", "--out", str(out)]
