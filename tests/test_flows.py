@@ -266,6 +266,46 @@ def test_remote_pull_first_push_last(project, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_shared_through_origin_is_reused_by_a_shallow_clone(project, tmp_path):
+    """CI's bounded version of bench/multi_worker.py (make test-long), in-process.
+
+    Host A (the finished project) commits its code without dvc.lock, as a worker finds
+    it, and shares its run with `share="origin"`. Host B is a `--depth 1` clone (as
+    Prefect's git_clone makes): it pulls A's experiment, applies it and runs no stage.
+    """
+    head0 = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    origin, store = tmp_path / "origin.git", tmp_path / "store"
+    project.run("git", "init", "-q", "--bare", str(origin))
+    project.run("git", "remote", "add", "origin", str(origin))
+    project.dvc("remote", "add", "--local", "-d", "store", str(store))
+    try:
+        project.run("git", "rm", "-q", "--cached", "--ignore-unmatch", "dvc.lock")
+        project.run("git", *IDENTITY, "commit", "-q", "--allow-empty", "-m", "code only")
+        project.run("git", "push", "-q", "origin", "HEAD:refs/heads/main")
+        a = fer_pipeline(workspace=project.path, share="origin", experiment_name="host-a")
+        assert a["ran"] == [] and a["experiment"] == "host-a"
+
+        host_b = Repo(tmp_path / "host-b")
+        project.run(
+            "git", "clone", "-q", "--depth", "1", "-b", "main", f"file://{origin}", str(host_b.path)
+        )
+        assert not (host_b.path / "dvc.lock").exists()
+        host_b.dvc("remote", "add", "--local", "-d", "store", str(store))
+        b = fer_pipeline(workspace=host_b.path, share="origin", experiment_name="host-b")
+        assert b["reused"] == "host-a"
+        assert b["ran"] == [] and b["cached"] == project.expected_order
+        assert host_b.changed() == set()
+        assert host_b.run("git", "rev-parse", "--is-shallow-repository").stdout.strip() == "false"
+        assert (host_b.path / "models" / "phases" / "block7" / "model.keras").is_file()
+        refs = project.run("git", "-C", str(origin), "for-each-ref", "--format=%(refname)")
+        assert {r.rsplit("/", 1)[-1] for r in refs.stdout.split()} >= {"host-a", "host-b"}
+    finally:
+        project.run("git", "reset", "-q", head0)  # index and HEAD back; files untouched
+        project.run("git", "remote", "remove", "origin")
+        project.dvc("remote", "remove", "--local", "store")
+
+
+@pytest.mark.slow
 def test_deployment_applies_with_its_schedule(prefect_server):
     from prefect.client.orchestration import get_client
 
