@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,6 +64,23 @@ def _timed(work: Path, args: list[str], log: Path, tag: str) -> dict:
         on_line=lambda line: print(f"[{tag}] {line}", flush=True),
     )
     return {"rc": res.rc, "wall_s": res.wall_s, "train_s": res.train_s, "stages": res.stages}
+
+
+def full_phase_seconds(log: str, phase: str, seconds: float, phase_epochs: int) -> dict:
+    """The phase's full training time, from one `dvc repro` of it that took `seconds`.
+
+    When that repro resumed the phase from a checkpoint (after a kill or a pause),
+    it trained only some of the phase's epochs: scale its time per trained epoch
+    (the `epochs A-B of N` line) to all `phase_epochs` of them.
+    """
+    m = re.findall(rf"phase {re.escape(phase)}: epochs (\d+)-(\d+) of \d+", log)
+    trained = int(m[-1][1]) - int(m[-1][0]) + 1 if m else phase_epochs
+    return {
+        "seconds": seconds * phase_epochs / trained,
+        "epochs_trained": trained,
+        "phase_epochs": phase_epochs,
+        "basis": "measured" if trained == phase_epochs else f"{trained} resumed epochs, scaled",
+    }
 
 
 def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
@@ -164,7 +182,14 @@ def main() -> None:
             raise SystemExit(f"dvc exp run failed (rc {ext['rc']}); log: {logs / 'extend.log'}")
         results["extend"] = {"experiment": name, "epochs": epochs, **ext, **read_run(work, final)}
         phase = f"phase@{final}"
-        results["extend_cost"] = results["extend"]["stages"].get(phase, 0.0) / full["stages"][phase]
+        whole = full_phase_seconds(
+            (logs / "repro.log").read_text(),
+            final,
+            full["stages"][phase],
+            p.finetune.phases[final].epochs,
+        )
+        results["phase_full"] = whole
+        results["extend_cost"] = results["extend"]["stages"].get(phase, 0.0) / whole["seconds"]
         results["exp_show"] = _dvc(work, "exp", "show", "--no-pager", "--md", "--only-changed")
 
     out = args.out or ROOT / "bench" / "results" / f"real_{args.preset}.json"
@@ -181,7 +206,8 @@ def main() -> None:
         print(
             f"extended {final} by {args.extend} epochs: "
             f"{e['stages'].get(f'phase@{final}', 0):.0f} s"
-            f" = {results['extend_cost']:.3f}x the phase's full time; accuracy "
+            f" = {results['extend_cost']:.3f}x the phase's full time"
+            f" ({whole['seconds']:.0f} s, {whole['basis']}); accuracy "
             f"{e['evaluate']['accuracy']:.2%}, macro-F1 {e['evaluate']['macro_f1']:.3f}"
         )
         print(results["exp_show"])

@@ -73,3 +73,27 @@ def test_real_pipeline_work_clone_is_the_project_with_the_preset_and_the_csv(
     assert "data/raw/faces.csv.dvc" in tracked and "data/raw/faces.csv" not in tracked
     # the stage commands import the clone's own code, not the project's
     assert real_pipeline.work_env(work)["PYTHONPATH"].split(":")[0] == str(work)
+
+
+def test_a_resumed_phase_is_scaled_to_its_full_time_and_a_whole_one_is_not() -> None:
+    import real_pipeline
+
+    log = (
+        "phase all: resuming from checkpoint at epoch 14 (target 20)\n"
+        "phase all: epochs 15-20 of 20, unfreeze='all', 149 trainable weights\n"
+    )
+    part = real_pipeline.full_phase_seconds(log, "all", 600.0, 18)
+    assert part["epochs_trained"] == 6 and part["seconds"] == 1800.0
+    assert part["basis"] == "6 resumed epochs, scaled"
+    whole = real_pipeline.full_phase_seconds(
+        "phase all: epochs 3-20 of 20, unfreeze='all'\n", "all", 600.0, 18
+    )
+    assert whole == {
+        "seconds": 600.0,
+        "epochs_trained": 18,
+        "phase_epochs": 18,
+        "basis": "measured",
+    }
+    # another phase's line is not this phase's
+    other = real_pipeline.full_phase_seconds("phase top: epochs 1-2 of 2\n", "all", 600.0, 18)
+    assert other["seconds"] == 600.0
