@@ -122,10 +122,13 @@ def test_a_lock_table_cut_by_a_kill_is_reset_only_when_no_dvc_runs(tmp_path):
     tmp.mkdir(parents=True)
     rwlock = tmp / "rwlock"
     rwlock.write_text('{"read": {}, "wri')  # what a SIGKILL mid-write leaves
-    with open(tmp / "lock", "a") as held:  # a running DVC process holds this flock
-        fcntl.flock(held, fcntl.LOCK_EX)
-        assert dvc.repair_rwlock(tmp_path) is False
-        assert rwlock.read_text() == '{"read": {}, "wri'
+    # a running DVC process holds the repository lock, or (while a stage's command
+    # runs with the repository lock released) the lock table's guard while it edits it
+    for name in ("lock", "rwlock.lock"):
+        with open(tmp / name, "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            assert dvc.repair_rwlock(tmp_path) is False, name
+            assert rwlock.read_text() == '{"read": {}, "wri'
     assert dvc.repair_rwlock(tmp_path) is True
     assert json.loads(rwlock.read_text()) == {"read": {}, "write": {}}
     rwlock.write_text('{"read": {"a": 1}, "write": {}}')  # whole: left alone

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,29 +61,39 @@ def repair_rwlock(cwd: Path) -> bool:
     DVC rewrites that JSON file in place; a SIGKILL at that moment leaves it
     empty or cut, and every later `dvc` command then fails with "Unable to read
     RWLock-file" until it is removed (found by bench/kill_loop.py). It is reset
-    only while no DVC process holds the repository lock (`.dvc/tmp/lock`, an
-    flock), so a live process's lock table is never touched. True if it was reset.
+    only while no DVC process holds the repository lock (`.dvc/tmp/lock`) or the
+    lock table's own guard (`.dvc/tmp/rwlock.lock`, which DVC takes around every
+    edit of the table, also while a stage's command runs with the repository
+    lock released); both are flocks (zc.lockfile), so a live process's lock
+    table is never touched. True if it was reset.
     """
     tmp = Path(cwd) / ".dvc" / "tmp"
     rwlock = tmp / "rwlock"
-    try:
-        json.loads(rwlock.read_text())
-        return False
-    except FileNotFoundError:
-        return False
-    except ValueError:
-        pass
-    with open(tmp / "lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a DVC process is running: it owns the file
-        try:
-            from fer_tasks.lib.io import write_json
 
-            write_json(rwlock, {"read": {}, "write": {}})
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    def whole() -> bool:
+        try:
+            json.loads(rwlock.read_text())
+            return True
+        except FileNotFoundError:
+            return True
+        except ValueError:
+            return False
+
+    if whole():
+        return False
+    with ExitStack() as held:
+        for name in ("lock", "rwlock.lock"):
+            fh = held.enter_context(open(tmp / name, "a"))
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a DVC process is running: it owns the file
+            held.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+        if whole():  # a writer finished it between the first read and the locks
+            return False
+        from fer_tasks.lib.io import write_json
+
+        write_json(rwlock, {"read": {}, "write": {}})
     log.warning(
         "%s was half-written by a killed DVC process; reset it (no DVC process was running)",
         rwlock,
