@@ -50,7 +50,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -332,6 +332,19 @@ def experiment_files(workspace: Path, name: str) -> Reader:
     return read
 
 
+def experiment_bytes(workspace: Path, name: str) -> Callable[[str], bytes | None]:
+    """Like `experiment_files`, for binary files (evaluate's pictures)."""
+    ref = dvc.exp_ref(dvc.git(workspace, "rev-parse", "HEAD"), name)
+
+    def read(rel: str) -> bytes | None:
+        try:
+            return dvc.read(workspace, rel, ref, mode="rb")
+        except Exception:  # noqa: BLE001 - not in that commit
+            return None
+
+    return read
+
+
 def render_report(summary: dict[str, Any]) -> str:
     """The run as Markdown: what ran, what was cached, and the metrics."""
 
@@ -372,9 +385,13 @@ def render_report(summary: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     else:
         lines.append("No reports/**/metrics.json yet.")
-    # evaluate's pictures; an experiment's are in its commit, not in the workspace
-    if summary.get("workspace") and not summary.get("experiment"):
-        lines += ["", *pictures_markdown(Path(summary["workspace"]))]
+    # evaluate's pictures: the workspace's, or those in an experiment's commit
+    # ("pictures": "workspace" or the experiment's name; None for a sweep)
+    source = summary.get("pictures", None if summary.get("experiment") else "workspace")
+    if summary.get("workspace") and source:
+        ws = Path(summary["workspace"])
+        read = None if source == "workspace" else experiment_bytes(ws, source)
+        lines += ["", *pictures_markdown(ws, read_bytes=read)]
     return "\n".join(lines) + "\n"
 
 
@@ -477,7 +494,9 @@ def _run_sweep(
         else:
             failed.append(name)
         rows.append(row)
-    summary = _summary(workspace, [], lambda rel: None, remote=remote, overrides=[])
+    summary = _summary(
+        workspace, [], lambda rel: None, remote=remote, overrides=[], pictures=None
+    )  # the workspace's pictures are the base's; each experiment has its own
     summary.update(sweep=rows, ran=sorted({s for r in rows for s in r["stages"]}))
     summary["cached"] = [s for s in plan.order if s not in summary["ran"]]
     _log("sweep: " + "; ".join(f"{r['experiment']} {r['queue_status']}" for r in rows))
@@ -537,6 +556,7 @@ def fer_pipeline(
                 overrides=[],
                 reused=reused,
                 experiment=experiment_name if share else None,
+                pictures="workspace",
             )
             return _publish(summary, failure, share)
         if not _tracked(workspace, "dvc.lock"):
@@ -565,6 +585,7 @@ def fer_pipeline(
             overrides=overrides,
             experiment=name,
             reused=reused,
+            pictures=name,
         )
         return _publish(summary, failure, share)
 

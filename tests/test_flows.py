@@ -143,8 +143,11 @@ def test_override_runs_only_dependents_as_an_experiment(project):
     exp_lock = yaml.safe_load(project.run("git", "show", f"{ref}:dvc.lock").stdout)
     assert exp_lock["stages"]["svm"]["params"]["params.yaml"]["svm"]["C"] == 0.5
     assert "svm-c05" in project.dvc("exp", "list", "--name-only").stdout
-    # the report's metrics are the experiment's, read from its commit
+    # the report's metrics are the experiment's, read from its commit, and so are
+    # evaluate's pictures (DVC outputs of that commit, not files of the workspace)
     assert summary["metrics"]["svm baseline (test)"]["accuracy"] is not None
+    assert summary["pictures"] == "svm-c05"
+    assert render_report(summary).count("data:image/png;base64,") == 3
 
 
 @pytest.mark.slow
@@ -293,6 +296,7 @@ def test_a_run_shared_through_origin_is_reused_by_a_shallow_clone(project, tmp_p
         host_b.dvc("remote", "add", "--local", "-d", "store", str(store))
         b = fer_pipeline(workspace=host_b.path, share="origin", experiment_name="host-b")
         assert b["reused"] == "host-a"
+        assert render_report(b).count("data:image/png;base64,") == 3  # B's applied pictures
         assert b["ran"] == [] and b["cached"] == project.expected_order
         assert host_b.changed() == set()
         assert host_b.run("git", "rev-parse", "--is-shallow-repository").stdout.strip() == "false"

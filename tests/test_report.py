@@ -69,3 +69,31 @@ def test_flow_report_shows_the_workspace_pictures_but_not_for_an_experiment(tmp_
     assert "data:image/png;base64," in render_report(summary)
     # an experiment's outputs are in its commit, not in the workspace: no pictures
     assert "data:image/png" not in render_report({**summary, "experiment": "exp-1"})
+    # a workspace run shared as an experiment (share=origin) shows the workspace's
+    shared = {**summary, "experiment": "host-a", "pictures": "workspace"}
+    assert "data:image/png;base64," in render_report(shared)
+    # a sweep: several experiments, none of them the workspace's pictures
+    assert "data:image/png" not in render_report({**summary, "pictures": None})
+
+
+def test_flow_report_reads_an_experiments_pictures_from_its_commit(tmp_path, monkeypatch):
+    import flows.pipeline as pipeline
+
+    pictures = _pictures(tmp_path / "exp")  # stand-ins for the experiment's files
+    asked = []
+
+    def experiment_bytes(workspace, name):
+        asked.append((workspace, name))
+
+        def read(rel):
+            path = tmp_path / "exp" / rel
+            return path.read_bytes() if path.is_file() else None
+
+        return read
+
+    monkeypatch.setattr(pipeline, "experiment_bytes", experiment_bytes)
+    summary = {"stages": [], "metrics": {}, "workspace": str(tmp_path), "experiment": "svm-c05"}
+    md = pipeline.render_report({**summary, "pictures": "svm-c05"})
+    assert asked == [(tmp_path, "svm-c05")]
+    assert md.count("data:image/png;base64,") == 2  # the two pictures the experiment has
+    assert pictures[2][1] not in md

@@ -439,8 +439,9 @@ def exp_show(cwd: Path) -> list:
     return json.loads(dvc(cwd, "exp", "show", "--json", "--no-pager") or "[]")
 
 
-def read(cwd: Path, path: str, rev: str | None = None) -> str:
-    """A tracked file's text at `rev` (a commit or experiment ref), through `dvc.api`."""
+def read(cwd: Path, path: str, rev: str | None = None, mode: str = "r") -> str | bytes:
+    """A tracked file's text (bytes with mode "rb") at `rev` (a commit or experiment
+    ref), through `dvc.api`."""
     import dvc.api
 
-    return dvc.api.read(path, repo=str(cwd), rev=rev)
+    return dvc.api.read(path, repo=str(cwd), rev=rev, mode=mode)

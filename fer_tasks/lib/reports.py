@@ -103,20 +103,29 @@ PICTURES = (
 )
 
 
-def pictures_markdown(root: Path, reports: str = "reports") -> list[str]:
+def pictures_markdown(
+    root: Path, reports: str = "reports", read_bytes: Callable[[str], bytes | None] | None = None
+) -> list[str]:
     """Markdown lines showing evaluate's PNGs under `root`, embedded as data: URIs.
 
     A Prefect markdown artifact is stored in Prefect's database and drawn in the
     browser, which cannot read the workspace: the images travel inside the text.
-    Pictures not there yet are left out; none at all gives no lines.
+    `read_bytes` (a path relative to `root` -> bytes or None) reads them from
+    elsewhere, e.g. an experiment's commit. Pictures not there yet are left out;
+    none at all gives no lines.
     """
     import base64
 
+    def from_root(rel: str) -> bytes | None:
+        path = Path(root) / rel
+        return path.read_bytes() if path.is_file() else None
+
+    read_bytes = read_bytes or from_root
     lines: list[str] = []
     for title, rel in PICTURES:
-        path = Path(root) / reports / rel
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
+        png = read_bytes(f"{reports}/{rel}")
+        if png:
+            data = base64.b64encode(png).decode("ascii")
             lines += [
                 f"**{title}** (`{reports}/{rel}`)",
                 "",
