@@ -319,26 +319,16 @@ def read_report_metrics(read: Reader) -> dict[str, dict[str, Any]]:
     }
 
 
-def experiment_files(workspace: Path, name: str) -> Reader:
-    """A reader of experiment `name`'s commit (of the workspace's HEAD), via dvc.api."""
+def experiment_files(
+    workspace: Path, name: str, mode: str = "r"
+) -> Callable[[str], str | bytes | None]:
+    """A reader of experiment `name`'s commit (of the workspace's HEAD), via dvc.api;
+    mode "rb" reads bytes (evaluate's pictures)."""
     ref = dvc.exp_ref(dvc.git(workspace, "rev-parse", "HEAD"), name)
 
-    def read(rel: str) -> str | None:
+    def read(rel: str) -> str | bytes | None:
         try:
-            return dvc.read(workspace, rel, ref)
-        except Exception:  # noqa: BLE001 - not in that commit
-            return None
-
-    return read
-
-
-def experiment_bytes(workspace: Path, name: str) -> Callable[[str], bytes | None]:
-    """Like `experiment_files`, for binary files (evaluate's pictures)."""
-    ref = dvc.exp_ref(dvc.git(workspace, "rev-parse", "HEAD"), name)
-
-    def read(rel: str) -> bytes | None:
-        try:
-            return dvc.read(workspace, rel, ref, mode="rb")
+            return dvc.read(workspace, rel, ref, mode=mode)
         except Exception:  # noqa: BLE001 - not in that commit
             return None
 
@@ -390,7 +380,7 @@ def render_report(summary: dict[str, Any]) -> str:
     source = summary.get("pictures", None if summary.get("experiment") else "workspace")
     if summary.get("workspace") and source:
         ws = Path(summary["workspace"])
-        read = None if source == "workspace" else experiment_bytes(ws, source)
+        read = None if source == "workspace" else experiment_files(ws, source, mode="rb")
         lines += ["", *pictures_markdown(ws, read_bytes=read)]
     return "\n".join(lines) + "\n"
 

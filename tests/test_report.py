@@ -82,8 +82,8 @@ def test_flow_report_reads_an_experiments_pictures_from_its_commit(tmp_path, mon
     pictures = _pictures(tmp_path / "exp")  # stand-ins for the experiment's files
     asked = []
 
-    def experiment_bytes(workspace, name):
-        asked.append((workspace, name))
+    def experiment_files(workspace, name, mode="r"):
+        asked.append((workspace, name, mode))
 
         def read(rel):
             path = tmp_path / "exp" / rel
@@ -91,9 +91,9 @@ def test_flow_report_reads_an_experiments_pictures_from_its_commit(tmp_path, mon
 
         return read
 
-    monkeypatch.setattr(pipeline, "experiment_bytes", experiment_bytes)
+    monkeypatch.setattr(pipeline, "experiment_files", experiment_files)
     summary = {"stages": [], "metrics": {}, "workspace": str(tmp_path), "experiment": "svm-c05"}
     md = pipeline.render_report({**summary, "pictures": "svm-c05"})
-    assert asked == [(tmp_path, "svm-c05")]
+    assert asked == [(tmp_path, "svm-c05", "rb")]
     assert md.count("data:image/png;base64,") == 2  # the two pictures the experiment has
     assert pictures[2][1] not in md
