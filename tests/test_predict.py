@@ -42,7 +42,7 @@ def _tiny_model():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from fer_tasks.stages.export import convert, representative_images
+    from fer_tasks.stages.export import convert, representative_images, saved_model
 
     root = tmp_path_factory.mktemp("models")
     model, x = _tiny_model()
@@ -52,8 +52,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "int8": root / "model_int8.tflite",
     }
     model.save(paths["keras"])
-    paths["tflite"].write_bytes(convert(model, "float32"))
-    paths["int8"].write_bytes(convert(model, "int8", representative_images(x, 50, seed=0)))
+    saved = saved_model(model, root / "saved_model")
+    paths["tflite"].write_bytes(convert(saved, "float32"))
+    paths["int8"].write_bytes(convert(saved, "int8", representative_images(x, 50, seed=0)))
     # as `export` leaves them: a recipe beside the files (here T = 1, no TTA)
     (root / "inference.json").write_text(
         json.dumps({"temperature": 1.0, "tta_flip": False, "temperature_in_model": True})
@@ -411,7 +412,7 @@ def calibrated(tmp_path_factory, models) -> dict[str, Path]:
     import keras
 
     from fer_tasks.lib.model import temperature_model
-    from fer_tasks.stages.export import convert
+    from fer_tasks.stages.export import convert, saved_model
 
     root = tmp_path_factory.mktemp("calibrated")
     (root / "phase").mkdir()
@@ -421,7 +422,8 @@ def calibrated(tmp_path_factory, models) -> dict[str, Path]:
     recipe = {"temperature": 2.0, "tta_flip": True}
     (root / "calibration.json").write_text(json.dumps({**recipe, "split": "val"}))
     tflite = root / "export" / "model_float32.tflite"
-    tflite.write_bytes(convert(temperature_model(model, 2.0), "float32"))
+    saved = saved_model(temperature_model(model, 2.0), root / "saved_model")
+    tflite.write_bytes(convert(saved, "float32"))
     (root / "export" / "inference.json").write_text(
         json.dumps({**recipe, "temperature_in_model": True})
     )

@@ -9,8 +9,10 @@ without a custom layer; `inference.json` beside the files tells their users
 with its mirror image: ``{"temperature": T, "tta_flip": bool,
 "temperature_in_model": true}``.
 
-`export_tflite` converts the `.keras` model with
-`tf.lite.TFLiteConverter.from_keras_model` three ways and writes, in `out_dir`:
+`export_tflite` exports the `.keras` model once as a SavedModel (Keras'
+`Model.export`) and converts that with `tf.lite.TFLiteConverter.from_saved_model`
+three ways (`from_keras_model` writes the same SavedModel again for every
+variant, the larger part of its time), writing, in `out_dir`:
 
 ``model_float32.tflite``
     No optimisation: float32 weights and activations.
@@ -46,6 +48,7 @@ import contextlib
 import io
 import logging
 import platform
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,11 +87,22 @@ def representative_images(train_images: np.ndarray, n: int, seed: int) -> np.nda
     return sample
 
 
-def convert(model, variant: str, representative: np.ndarray | None = None) -> bytes:
-    """One TFLite flatbuffer of the Keras `model` (see the module doc for each variant)."""
+def saved_model(model, path: Path) -> Path:
+    """Write the Keras `model` as a SavedModel at `path` (its serving signature: the
+    48x48x1 image in, the probabilities out), the converter's input."""
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):  # Keras prints every captured tensor
+        model.export(str(path), format="tf_saved_model", verbose=False)
+    log.debug("SavedModel export output:\n%s", chatter.getvalue())
+    return Path(path)
+
+
+def convert(saved: Path, variant: str, representative: np.ndarray | None = None) -> bytes:
+    """One TFLite flatbuffer of the SavedModel at `saved` (see `saved_model`; the module
+    doc says what each variant is)."""
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if variant == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -107,7 +121,7 @@ def convert(model, variant: str, representative: np.ndarray | None = None) -> by
         conv.inference_output_type = tf.float32
     elif variant != "float32":
         raise InputError(f"unknown TFLite variant {variant!r}")
-    # Keras' SavedModel export prints every captured tensor to stdout; keep it for debug logs
+    # the converter's own chatter goes to the debug log
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
         # the uint8 input's statistics come from the representative set: nothing to add
@@ -170,10 +184,11 @@ def export_tflite(
 
     rep = representative_images(train_images, params.representative_samples, params.seed)
     variants: dict[str, dict] = {}
-    with atomic_path(out_dir) as tmp_dir:
+    with atomic_path(out_dir) as tmp_dir, tempfile.TemporaryDirectory() as scratch:
         tmp_dir.mkdir()
+        saved = saved_model(model, Path(scratch) / "saved_model")
         for variant in VARIANTS:
-            blob = convert(model, variant, rep if variant == "int8" else None)
+            blob = convert(saved, variant, rep if variant == "int8" else None)
             file = tmp_dir / f"model_{variant}.tflite"
             file.write_bytes(blob)
             clf = TFLiteClassifier(file, num_threads=1)
