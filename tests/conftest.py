@@ -87,3 +87,25 @@ def train_tiny_classifier(x, y, epochs: int, width: int = 8, batchnorm: bool = F
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[..., None].astype("float32"), y, epochs=epochs, batch_size=32, verbose=0)
     return model
+
+
+# The files that run DVC or Prefect end to end, longest first (worker-seconds summed
+# from a `--junitxml` report of the whole suite under `make test`). `make test` gives
+# pytest-xdist whole files in collection order (--dist loadfile --no-loadscope-reorder),
+# so starting with these, longest first, keeps the two workers busy to the end instead
+# of leaving one of them alone with test_flows.py.
+LONGEST_FILES = (
+    "test_flows.py",
+    "test_pipeline.py",
+    "test_compare.py",
+    "test_phase.py",
+    "test_strategy.py",
+    "test_dvc_adapter.py",
+    "test_precision.py",
+    "test_backbones.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order

@@ -97,3 +97,12 @@ def test_a_resumed_phase_is_scaled_to_its_full_time_and_a_whole_one_is_not() -> 
     # another phase's line is not this phase's
     other = real_pipeline.full_phase_seconds("phase top: epochs 1-2 of 2\n", "all", 600.0, 18)
     assert other["seconds"] == 600.0
+
+
+def test_the_longest_files_conftest_orders_first_exist():
+    """A renamed test file would silently drop out of the order `make test` relies on."""
+    from conftest import LONGEST_FILES
+
+    tests = Path(__file__).resolve().parent
+    missing = [name for name in LONGEST_FILES if not (tests / name).is_file()]
+    assert missing == []
