@@ -18,6 +18,7 @@ lines of `dvc repro`. Rerunning with the same --work reruns nothing (DVC's
 cache) and only extends.
 
     .venv/bin/python bench/real_pipeline.py --preset fer2013-cpu [--extend 2] [--figures docs/img]
+    .venv/bin/python bench/real_pipeline.py --extend 0 --ablation   # + the use_ema rows on val
 """
 
 from __future__ import annotations
@@ -138,6 +139,121 @@ def write_figures(work: Path, name: str, final: str, dest: Path) -> list[Path]:
     return [curves, confusion]
 
 
+def ablation_table(plain: dict, ema: dict, phase_s: dict, tta_s: dict) -> list[dict]:
+    """Issue 17's ablation rows on val: baseline, +TTA, +EMA, +both.
+
+    `plain` and `ema` are the `calibrate` stage's reports (models/calibration.json)
+    of the committed run and of its `use_ema` experiment: each holds val accuracy
+    with and without flip TTA. `phase_s` gives the final phase's seconds per epoch
+    (``{"plain": s, "ema": s}``), `tta_s` the seconds of one pass over val
+    (``{"one": s, "two": s}``): the extra time is training time for EMA and
+    inference time for TTA.
+    """
+    for name, cal in (("plain", plain), ("ema", ema)):
+        if cal.get("split") != "val":
+            raise ValueError(f"{name}: not a calibrate report on val: {sorted(cal)}")
+    base = plain["accuracy"]["plain"]
+    rows = []
+    for label, cal, key in (
+        ("baseline", plain, "plain"),
+        ("+TTA", plain, "tta_flip"),
+        ("+EMA", ema, "plain"),
+        ("+both", ema, "tta_flip"),
+    ):
+        uses_ema, uses_tta = cal is ema, key == "tta_flip"
+        rows.append(
+            {
+                "config": label,
+                "val_accuracy": cal["accuracy"][key],
+                "gain_points": 100 * (cal["accuracy"][key] - base),
+                "extra_train_s_per_epoch": phase_s["ema"] - phase_s["plain"] if uses_ema else 0.0,
+                "extra_val_pass_s": tta_s["two"] - tta_s["one"] if uses_tta else 0.0,
+                "n": cal["n"],
+            }
+        )
+    return rows
+
+
+def val_pass_seconds(work: Path, final: str) -> dict:
+    """Seconds of the final model's predictions on val: one pass, and with flip TTA."""
+    import time
+
+    from fer_tasks.lib.calibration import flip
+    from fer_tasks.lib.io import load_split
+    from fer_tasks.lib.model import load_fer_model, predict_logits
+
+    model = load_fer_model(work / "models" / "phases" / final / "model.keras")
+    images, _ = load_split(work / "data" / "prepared" / "val.npz")
+    predict_logits(model, images[:64])  # traced once, outside the timing
+    out = {}
+    for key, views in (("one", [images]), ("two", [images, flip(images)])):
+        start = time.perf_counter()
+        for v in views:
+            predict_logits(model, v)
+        out[key] = time.perf_counter() - start
+    return out
+
+
+def epoch_seconds(log: str, phase: str) -> list[float]:
+    """Seconds of each epoch of `phase` in a `dvc repro`/`dvc exp run` log: Keras'
+    ``404/404 - 503s - ...`` lines inside the ``Running stage 'phase@PHASE'`` part."""
+    out, inside = [], False
+    for line in log.splitlines():
+        text = line.split("] ", 1)[-1] if line.startswith("[") else line  # tagged echo
+        if text.startswith("Running stage "):
+            inside = text.startswith(f"Running stage 'phase@{phase}'")
+        elif inside and (m := re.match(r"\s*\d+/\d+ - (\d+(?:\.\d+)?)s - ", text)):
+            out.append(float(m.group(1)))
+    return out
+
+
+def run_ablation(work: Path, preset: str, final: str, logs: Path, plain_log: Path) -> dict:
+    """The committed run against its `use_ema` experiment, on val (the `calibrate` stage).
+
+    The workspace first goes back to the committed run (an extension experiment
+    leaves its params and outputs there), unless an interrupted run of this
+    experiment is in it: then it resumes from its phase checkpoint. Training time
+    per epoch is each run's fastest epoch of the final phase (the least disturbed
+    by anything else on the machine), from `plain_log` (the log of the run that trained it) and the
+    experiment's log.
+    """
+    from fer_tasks.lib.io import read_json
+
+    plain_epochs = epoch_seconds(plain_log.read_text(), final)
+    if not plain_epochs:
+        raise SystemExit(f"{plain_log}: no epoch of phase {final} in it (--plain-log)")
+    saved = logs / "ablation_plain.json"  # the committed run's figures, read before the exp
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    if params["finetune"]["phases"][final].get("use_ema") and saved.is_file():
+        # an interrupted experiment: keep its phase checkpoint, which a checkout would replace
+        logging.info("resuming the use_ema experiment; committed run's figures from %s", saved)
+        plain, tta_s = read_json(saved)["calibration"], read_json(saved)["val_pass_s"]
+    else:
+        _git(work, "checkout", "--", "params.yaml", "dvc.lock")
+        _dvc(work, "checkout", "--force")
+        plain = read_json(work / "models" / "calibration.json")
+        tta_s = val_pass_seconds(work, final)
+        saved.write_text(json.dumps({"calibration": plain, "val_pass_s": tta_s}, indent=2))
+    name = f"{preset}-ema"
+    key = f"finetune.phases.{final}.use_ema"
+    r = _timed(
+        work, ["exp", "run", "-n", name, "-S", f"{key}=true", "calibrate"], logs / "ema.log", "ema"
+    )
+    if r["rc"] != 0:
+        raise SystemExit(f"dvc exp run failed (rc {r['rc']}); log: {logs / 'ema.log'}")
+    ema_epochs = epoch_seconds((logs / "ema.log").read_text(), final)
+    ema = read_json(work / "models" / "calibration.json")
+    per_epoch = {"plain": min(plain_epochs), "ema": min(ema_epochs)}
+    return {
+        "experiment": name,
+        "rows": ablation_table(plain, ema, per_epoch, tta_s),
+        "calibration": {"plain": plain, "ema": ema},
+        "phase_s_per_epoch": per_epoch,
+        "epoch_seconds": {"plain": plain_epochs, "ema": ema_epochs},
+        "val_pass_s": tta_s,
+    }
+
+
 def main() -> None:
     from fer_tasks.lib.params import load_params
 
@@ -148,6 +264,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON (default: bench/results/real_<preset>.json)")
     ap.add_argument("--extend", type=int, default=2, help="then extend the final phase by N")
     ap.add_argument("--figures", type=Path, help="also write curves + confusion PNGs here")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="then retrain the final phase with use_ema and print the val ablation table",
+    )
+    ap.add_argument(
+        "--plain-log",
+        type=Path,
+        help="--ablation: a log of the run that trained the final phase "
+        "(default: this run's bench_logs/repro.log)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = (args.work or Path(f"/tmp/fer_real_{args.preset}")).resolve()
@@ -191,6 +318,9 @@ def main() -> None:
         results["phase_full"] = whole
         results["extend_cost"] = results["extend"]["stages"].get(phase, 0.0) / whole["seconds"]
         results["exp_show"] = _dvc(work, "exp", "show", "--no-pager", "--md", "--only-changed")
+    if args.ablation:
+        plain_log = args.plain_log or logs / "repro.log"
+        results["ablation"] = run_ablation(work, args.preset, final, logs, plain_log)
 
     out = args.out or ROOT / "bench" / "results" / f"real_{args.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +341,12 @@ def main() -> None:
             f"{e['evaluate']['accuracy']:.2%}, macro-F1 {e['evaluate']['macro_f1']:.3f}"
         )
         print(results["exp_show"])
+    for row in results.get("ablation", {}).get("rows", []):
+        print(
+            f"{row['config']:9} val {row['val_accuracy']:.2%} ({row['gain_points']:+.2f} points),"
+            f" +{row['extra_train_s_per_epoch']:.0f} s/epoch training,"
+            f" +{row['extra_val_pass_s']:.1f} s per pass over val (n={row['n']})"
+        )
     print(f"details: {out}")
 
 

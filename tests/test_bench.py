@@ -106,3 +106,44 @@ def test_the_longest_files_conftest_orders_first_exist():
     tests = Path(__file__).resolve().parent
     missing = [name for name in LONGEST_FILES if not (tests / name).is_file()]
     assert missing == []
+
+
+def test_epoch_seconds_reads_only_the_named_phase():
+    import real_pipeline
+
+    log = "\n".join(
+        [
+            "[repro] Running stage 'phase@top':",
+            "[repro] 404/404 - 206s - 510ms/step - accuracy: 0.39",
+            "[repro] Running stage 'phase@all':",
+            "[repro] Epoch 6/20",
+            "[repro] 404/404 - 886s - 2s/step - accuracy: 0.60",
+            "404/404 - 503s - 1s/step - accuracy: 0.79",  # an untagged log
+            "[repro] Running stage 'calibrate':",
+            "[repro] 45/45 - 9s - 200ms/step",
+        ]
+    )
+    assert real_pipeline.epoch_seconds(log, "all") == [886.0, 503.0]
+    assert real_pipeline.epoch_seconds(log, "top") == [206.0]
+    assert real_pipeline.epoch_seconds(log, "block7") == []
+
+
+def test_ablation_rows_take_tta_from_each_run_and_ema_from_the_experiment():
+    import real_pipeline
+
+    def cal(plain, tta):
+        return {"split": "val", "n": 2871, "accuracy": {"plain": plain, "tta_flip": tta}}
+
+    rows = real_pipeline.ablation_table(
+        cal(0.60, 0.62), cal(0.61, 0.64), {"plain": 500.0, "ema": 530.0}, {"one": 10.0, "two": 21.0}
+    )
+    got = {r["config"]: r for r in rows}
+    assert list(got) == ["baseline", "+TTA", "+EMA", "+both"]
+    assert [round(r["gain_points"], 6) for r in rows] == [0.0, 2.0, 1.0, 4.0]
+    assert (got["+TTA"]["extra_train_s_per_epoch"], got["+TTA"]["extra_val_pass_s"]) == (0, 11)
+    assert (got["+EMA"]["extra_train_s_per_epoch"], got["+EMA"]["extra_val_pass_s"]) == (30, 0)
+    assert (got["+both"]["extra_train_s_per_epoch"], got["+both"]["extra_val_pass_s"]) == (30, 11)
+    with pytest.raises(ValueError, match="ema: not a calibrate report on val"):
+        real_pipeline.ablation_table(
+            cal(0.6, 0.6), {"split": "test", "accuracy": {}}, {"plain": 1, "ema": 1}, {}
+        )
