@@ -174,22 +174,21 @@ def ablation_table(plain: dict, ema: dict, phase_s: dict, tta_s: dict) -> list[d
     return rows
 
 
-def val_pass_seconds(work: Path, final: str) -> dict:
-    """Seconds of the final model's predictions on val: one pass, and with flip TTA."""
+def val_pass_seconds(work: Path, final: str, batch_size: int) -> dict:
+    """Seconds of the final model's logits on val as `calibrate` computes them: one pass,
+    and with flip TTA. Each call builds and traces its logit model, so "two" - "one"
+    is the cost of the mirror-image pass alone."""
     import time
 
-    from fer_tasks.lib.calibration import flip
     from fer_tasks.lib.io import load_split
     from fer_tasks.lib.model import load_fer_model, predict_logits
 
     model = load_fer_model(work / "models" / "phases" / final / "model.keras")
     images, _ = load_split(work / "data" / "prepared" / "val.npz")
-    predict_logits(model, images[:64])  # traced once, outside the timing
     out = {}
-    for key, views in (("one", [images]), ("two", [images, flip(images)])):
+    for key, tta_flip in (("one", False), ("two", True)):
         start = time.perf_counter()
-        for v in views:
-            predict_logits(model, v)
+        predict_logits(model, images, batch_size, tta_flip=tta_flip)
         out[key] = time.perf_counter() - start
     return out
 
@@ -214,10 +213,11 @@ def run_ablation(work: Path, preset: str, final: str, logs: Path, plain_log: Pat
     leaves its params and outputs there), unless an interrupted run of this
     experiment is in it: then it resumes from its phase checkpoint. Training time
     per epoch is each run's fastest epoch of the final phase (the least disturbed
-    by anything else on the machine), from `plain_log` (the log of the run that trained it) and the
-    experiment's log.
+    by anything else on the machine), from `plain_log` (the log of the run that
+    trained it) and the experiment's log.
     """
     from fer_tasks.lib.io import read_json
+    from fer_tasks.lib.params import load_params
 
     plain_epochs = epoch_seconds(plain_log.read_text(), final)
     if not plain_epochs:
@@ -227,12 +227,14 @@ def run_ablation(work: Path, preset: str, final: str, logs: Path, plain_log: Pat
     if params["finetune"]["phases"][final].get("use_ema") and saved.is_file():
         # an interrupted experiment: keep its phase checkpoint, which a checkout would replace
         logging.info("resuming the use_ema experiment; committed run's figures from %s", saved)
-        plain, tta_s = read_json(saved)["calibration"], read_json(saved)["val_pass_s"]
+        figures = read_json(saved)
+        plain, tta_s = figures["calibration"], figures["val_pass_s"]
     else:
         _git(work, "checkout", "--", "params.yaml", "dvc.lock")
         _dvc(work, "checkout", "--force")
         plain = read_json(work / "models" / "calibration.json")
-        tta_s = val_pass_seconds(work, final)
+        batch_size = load_params(work / "params.yaml").calibrate.batch_size
+        tta_s = val_pass_seconds(work, final, batch_size)
         saved.write_text(json.dumps({"calibration": plain, "val_pass_s": tta_s}, indent=2))
     name = f"{preset}-ema"
     key = f"finetune.phases.{final}.use_ema"

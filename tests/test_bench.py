@@ -147,3 +147,18 @@ def test_ablation_rows_take_tta_from_each_run_and_ema_from_the_experiment():
         real_pipeline.ablation_table(
             cal(0.6, 0.6), {"split": "test", "accuracy": {}}, {"plain": 1, "ema": 1}, {}
         )
+
+
+@pytest.mark.slow
+def test_val_pass_seconds_times_one_pass_and_the_flip_pair(tmp_path):
+    import real_pipeline
+    from conftest import band_split, train_tiny_classifier
+
+    from fer_tasks.lib.io import save_split
+
+    x, y = band_split(70, seed=0)
+    (tmp_path / "models" / "phases" / "last").mkdir(parents=True)
+    train_tiny_classifier(x, y, epochs=1).save(tmp_path / "models/phases/last/model.keras")
+    save_split(tmp_path / "data" / "prepared" / "val.npz", x, y)
+    got = real_pipeline.val_pass_seconds(tmp_path, "last", batch_size=32)
+    assert set(got) == {"one", "two"} and got["one"] > 0 and got["two"] > 0
