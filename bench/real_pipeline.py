@@ -84,11 +84,24 @@ def full_phase_seconds(log: str, phase: str, seconds: float, phase_epochs: int) 
     }
 
 
-def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
+def _merge(base: dict, over: dict) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def make_work_clone(
+    work: Path, preset: str | None, csv: Path, overrides: list[str] | None = None
+) -> None:
     """Clone the project's HEAD into `work`, dvc-add the CSV, apply the preset, commit.
 
-    With no preset, params.yaml only gets the CSV as `prepare.source`.
+    With no preset, params.yaml only gets the CSV as `prepare.source`. `overrides`
+    (``KEY=VALUE``, as `dvc exp run -S`) go over the preset, checked like `fer validate`.
     """
+    from fer_tasks.lib import overlay
+    from fer_tasks.lib.params import parse_params
     from fer_tasks.tools.preset import apply_preset
 
     if (work / ".git").is_dir():
@@ -111,6 +124,12 @@ def make_work_clone(work: Path, preset: str | None, csv: Path) -> None:
     else:
         changes = apply_preset(preset, work / "params.yaml", source)
         logging.info("preset %s: %s", preset, "; ".join(changes))
+    if overrides:  # each key set in place, as dvc exp run -S does (no overlay replacement)
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        _merge(params, overlay.parse_set(overrides))
+        parse_params(params, f"{work / 'params.yaml'} with --set {' '.join(overrides)}")
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        logging.info("--set %s", " ".join(overrides))
     _git(work, "add", "-A")
     _git(work, "commit", "-qm", f"preset {preset} on {csv.name}")
 
@@ -277,14 +296,23 @@ def main() -> None:
         help="--ablation: a log of the run that trained the final phase "
         "(default: this run's bench_logs/repro.log)",
     )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param over the preset, as dvc exp run -S (repeatable; "
+        "a new --work only: an existing clone keeps its params)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = (args.work or Path(f"/tmp/fer_real_{args.preset}")).resolve()
-    make_work_clone(work, args.preset, args.csv.resolve())
+    make_work_clone(work, args.preset, args.csv.resolve(), args.overrides)
     p = load_params(work / "params.yaml")
     final = p.finetune.final
     logs = work / "bench_logs"
-    results: dict = {"preset": args.preset, "work": str(work)}
+    results: dict = {"preset": args.preset, "overrides": args.overrides, "work": str(work)}
 
     full = _timed(work, ["repro", "evaluate", "export"], logs / "repro.log", "repro")
     if full["rc"] != 0:
