@@ -112,26 +112,30 @@ def make_work_clone(
     if not csv.is_file():
         raise SystemExit(f"{csv}: FER2013 CSV not found (--csv)")
     subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
-    raw = work / "data" / "raw" / csv.name
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(csv, raw)
-    _dvc(work, "add", "-q", str(raw.relative_to(work)))
-    source = str(raw.relative_to(work))
-    if preset is None:
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        params["prepare"]["source"] = source
-        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    else:
-        changes = apply_preset(preset, work / "params.yaml", source)
-        logging.info("preset %s: %s", preset, "; ".join(changes))
-    if overrides:  # each key set in place, as dvc exp run -S does (no overlay replacement)
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        _merge(params, overlay.parse_set(overrides))
-        parse_params(params, f"{work / 'params.yaml'} with --set {' '.join(overrides)}")
-        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        logging.info("--set %s", " ".join(overrides))
-    _git(work, "add", "-A")
-    _git(work, "commit", "-qm", f"preset {preset} on {csv.name}")
+    try:  # a clone that fails here is removed: a rerun would reuse it as it is
+        raw = work / "data" / "raw" / csv.name
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(csv, raw)
+        _dvc(work, "add", "-q", str(raw.relative_to(work)))
+        source = str(raw.relative_to(work))
+        if preset is None:
+            params = yaml.safe_load((work / "params.yaml").read_text())
+            params["prepare"]["source"] = source
+            (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        else:
+            changes = apply_preset(preset, work / "params.yaml", source)
+            logging.info("preset %s: %s", preset, "; ".join(changes))
+        if overrides:  # each key set in place, as dvc exp run -S does (no overlay replacement)
+            params = yaml.safe_load((work / "params.yaml").read_text())
+            _merge(params, overlay.parse_set(overrides))
+            parse_params(params, f"{work / 'params.yaml'} with --set {' '.join(overrides)}")
+            (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            logging.info("--set %s", " ".join(overrides))
+        _git(work, "add", "-A")
+        _git(work, "commit", "-qm", f"preset {preset} on {csv.name}")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def read_run(work: Path, final: str) -> dict:

@@ -75,6 +75,49 @@ def test_real_pipeline_work_clone_is_the_project_with_the_preset_and_the_csv(
     assert real_pipeline.work_env(work)["PYTHONPATH"].split(":")[0] == str(work)
 
 
+def test_real_pipeline_set_overrides_one_key_of_a_phase_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    """--set finetune.phases.all.epochs=10 changes that key only (not the whole phases
+    map, as an overlay would), and a bad value fails before any clone is committed."""
+    import real_pipeline
+
+    from fer_tasks.lib.params import ParamsError, SynthesizeParams, load_params
+    from fer_tasks.stages.synthesize import synthesize
+
+    csv = tmp_path / "faces.csv"
+    synthesize(csv, SynthesizeParams(n_samples=70))
+    work = tmp_path / "work"
+    sets = ["model.input_size=64", "finetune.phases.all.epochs=10"]
+    real_pipeline.make_work_clone(work, "fer2013-cpu", csv, sets)
+    p = load_params(work / "params.yaml")
+    assert p.model.input_size == 64 and p.finetune.phases["all"].epochs == 10
+    assert p.finetune.phases["all"].lr_horizon == 18 and p.finetune.phases["top"].epochs == 2
+    assert p.model.backbone == "efficientnet_lite0"
+
+    bad = tmp_path / "bad"
+    with pytest.raises(ParamsError, match="input_size"):
+        real_pipeline.make_work_clone(bad, "fer2013-cpu", csv, ["model.input_size=-3"])
+    assert not bad.exists()  # no clone left that a rerun would reuse without the override
+
+
+def test_input_size_bench_refuses_a_single_epoch() -> None:
+    """The first epoch traces the graph and is skipped: one epoch would leave no reading."""
+    import subprocess
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "bench/input_size_throughput.py"),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--epochs must be at least 2" in r.stderr
+
+
 def test_a_resumed_phase_is_scaled_to_its_full_time_and_a_whole_one_is_not() -> None:
     import real_pipeline
 

@@ -1,0 +1,116 @@
+"""Training speed of the `fer2013-cpu` preset's phase `all` at several input sizes, side by side.
+
+Every layer and BatchNorm trainable, batch 64, the preset's shift/rotation/zoom
+augmentation, the pipeline's own tf.data input (`train_dataset` from uint8
+48x48 faces). Sizes are measured in interleaved rounds (48, 64, 80, 96, 48, ...)
+and each keeps its best steady-state epoch (the first, which traces the graph,
+is skipped), so a busy moment on the machine hurts one reading, not one size.
+Images are random: the speed of a convolution does not depend on its content.
+
+    .venv/bin/python bench/input_size_throughput.py [--sizes 48 64 80 96] [--n 640]
+
+It prints images/s, the seconds one epoch of the carved FER2013 training split
+(25,838 faces) would take, and each size's speed relative to the largest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FER2013_TRAIN = 25_838  # Training minus the carved 10 % val (docs/results.md)
+
+
+def _model(size: int):
+    from fer_tasks.lib.backbones import build_backbone
+    from fer_tasks.lib.model import build_model, compile_model, unfreeze_model
+    from fer_tasks.lib.params import BaseModelParams, ModelParams
+
+    backbone = build_backbone(ModelParams(input_size=size, weights="none"))
+    m = build_model(backbone, BaseModelParams())
+    unfreeze_model(m, "all", unfreeze_bn=True)
+    compile_model(m, 5e-4)
+    return m
+
+
+def images_per_second(size: int, x: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> float:
+    """Best steady-state epoch of phase `all` training at `size`, in images/s."""
+    import keras
+
+    from fer_tasks.lib.data import train_dataset
+
+    ds, steps = train_dataset(
+        x,
+        y,
+        batch_size=batch,
+        first_epoch=0,
+        last_epoch=epochs,
+        seed=0,
+        augment=True,
+        shift=0.1,
+        rotate=10,
+        zoom=0.1,
+    )
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    _model(size).fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
+    return len(x) / min(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 80, 96])
+    ap.add_argument("--n", type=int, default=640, help="images per epoch")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=3, help="per reading; the first is skipped")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/input_size_throughput.json")
+    args = ap.parse_args()
+    if args.epochs < 2:
+        ap.error("--epochs must be at least 2 (the first epoch traces the graph)")
+    logging.basicConfig(level=logging.WARNING)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (args.n, 48, 48), dtype=np.uint8)
+    y = rng.integers(0, 7, args.n).astype(np.int64)
+    best: dict[int, float] = {}
+    for r in range(args.rounds):
+        for size in args.sizes:
+            ips = images_per_second(size, x, y, args.batch, args.epochs)
+            best[size] = max(best.get(size, 0.0), ips)
+            print(f"round {r + 1}: {size} px {ips:.1f} img/s", flush=True)
+    ref = max(args.sizes)
+    rows = [
+        {
+            "input_size": s,
+            "img_s": round(best[s], 1),
+            "epoch_s_fer2013": round(FER2013_TRAIN / best[s]),
+            f"speed_vs_{ref}px": round(best[s] / best[ref], 2),
+        }
+        for s in args.sizes
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"batch": args.batch, "n": args.n, "rows": rows}, indent=2))
+    print(f"| input | img/s | s per epoch of {FER2013_TRAIN:,} faces | speed vs {ref} px |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['input_size']} | {row['img_s']} | {row['epoch_s_fer2013']} "
+            f"| {row[f'speed_vs_{ref}px']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
