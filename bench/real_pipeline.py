@@ -254,15 +254,20 @@ def run_ablation(work: Path, preset: str, final: str, logs: Path, plain_log: Pat
         plain, tta_s = figures["calibration"], figures["val_pass_s"]
     else:
         _git(work, "checkout", "--", "params.yaml", "dvc.lock")
-        _dvc(work, "checkout", "--force")
+        # only calibrate and what it depends on: stages the run skipped have no cache
+        _dvc(work, "checkout", "--force", "--with-deps", "calibrate")
         plain = read_json(work / "models" / "calibration.json")
         batch_size = load_params(work / "params.yaml").calibrate.batch_size
         tta_s = val_pass_seconds(work, final, batch_size)
         saved.write_text(json.dumps({"calibration": plain, "val_pass_s": tta_s}, indent=2))
     name = f"{preset}-ema"
     key = f"finetune.phases.{final}.use_ema"
+    # ++: set the key whether or not the preset has it (Hydra's add-or-override)
     r = _timed(
-        work, ["exp", "run", "-n", name, "-S", f"{key}=true", "calibrate"], logs / "ema.log", "ema"
+        work,
+        ["exp", "run", "-n", name, "-S", f"++{key}=true", "calibrate"],
+        logs / "ema.log",
+        "ema",
     )
     if r["rc"] != 0:
         raise SystemExit(f"dvc exp run failed (rc {r['rc']}); log: {logs / 'ema.log'}")
