@@ -134,7 +134,8 @@ def test_stage_fails_after_writing_report_when_int8_drop_too_big(
     with pytest.raises(
         Int8AccuracyError,
         match=r"int8 model test accuracy .* points below the "
-        r"Keras model's .*max_int8_drop = 1.5",
+        r"Keras model's .*max_int8_drop = 1.5.*float32 TFLite scores .* agrees with "
+        r"Keras on 100.0 % of faces, int8 on \d",
     ):
         export_tflite(
             root / "model.keras",
