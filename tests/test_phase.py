@@ -147,8 +147,11 @@ def test_collapse_guard_fails_with_class_name(root, splits):
 
 
 def test_healthy_phase_passes_the_collapse_guard_set_to_fail(root, splits):
-    # the guard's other direction: a phase that learns is not stopped
-    s = _run(root, splits, "top", "base", unfreeze="top", epochs=2, on_collapse="fail")
+    # the guard's other direction: a phase that learns is not stopped. Four epochs, not
+    # two: after two, the tiny random backbone's head is still near the bound (87 % one
+    # class alone, 91 % beside another pytest worker on an AVX-512 host); after four,
+    # about 53 %.
+    s = _run(root, splits, "top", "base", unfreeze="top", epochs=4, on_collapse="fail")
     assert not s["collapsed"] and s["max_class_share"] <= 0.9
     assert (root / "phases" / "top" / "model.keras").is_file()
 
