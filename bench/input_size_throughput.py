@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
+from train_throughput import _EpochTimer  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 FER2013_TRAIN = 25_838  # Training minus the carved 10 % val (docs/results.md)
@@ -41,8 +41,6 @@ def _model(size: int):
 
 def images_per_second(size: int, x: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> float:
     """Best steady-state epoch of phase `all` training at `size`, in images/s."""
-    import keras
-
     from fer_tasks.lib.data import train_dataset
 
     ds, steps = train_dataset(
@@ -57,17 +55,9 @@ def images_per_second(size: int, x: np.ndarray, y: np.ndarray, batch: int, epoch
         rotate=10,
         zoom=0.1,
     )
-    times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t)
-
-    _model(size).fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
-    return len(x) / min(times[1:])
+    timer = _EpochTimer()
+    _model(size).fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[timer.cb], verbose=0)
+    return len(x) / min(timer.cb.times[1:])
 
 
 def main() -> None:

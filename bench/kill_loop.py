@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from fer_tasks.lib import dvc_adapter
+from fer_tasks.lib import dvc_adapter, overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("phase@top", "features", "svm", "export")
@@ -109,13 +109,6 @@ def _fresh(project: Path, stage: str) -> None:
         shutil.rmtree(project / "models" / "checkpoints" / stage.split("@")[1], ignore_errors=True)
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and k != "phases" else v
-    return out
-
-
 def make_project(
     path: Path, config: dict = CONFIG, extra: tuple[str, ...] = (), source: Path = ROOT
 ) -> Path:
@@ -128,7 +121,7 @@ def make_project(
         shutil.copy(source / name, path / name)
     skip = shutil.ignore_patterns("__pycache__")
     shutil.copytree(source / "fer_tasks", path / "fer_tasks", ignore=skip)
-    params = _merge(yaml.safe_load((source / "params.yaml").read_text()), config)
+    params = overlay.apply(yaml.safe_load((source / "params.yaml").read_text()), config)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(path, "git", "init", "-q")
     _run(path, sys.executable, "-m", "dvc", "init", "-q")

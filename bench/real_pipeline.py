@@ -84,14 +84,6 @@ def full_phase_seconds(log: str, phase: str, seconds: float, phase_epochs: int) 
     }
 
 
-def _merge(base: dict, over: dict) -> None:
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
 def make_work_clone(
     work: Path, preset: str | None, csv: Path, overrides: list[str] | None = None
 ) -> None:
@@ -126,8 +118,11 @@ def make_work_clone(
             changes = apply_preset(preset, work / "params.yaml", source)
             logging.info("preset %s: %s", preset, "; ".join(changes))
         if overrides:  # each key set in place, as dvc exp run -S does (no overlay replacement)
-            params = yaml.safe_load((work / "params.yaml").read_text())
-            _merge(params, overlay.parse_set(overrides))
+            params = overlay.apply(
+                yaml.safe_load((work / "params.yaml").read_text()),
+                overlay.parse_set(overrides),
+                replaced=frozenset(),
+            )
             parse_params(params, f"{work / 'params.yaml'} with --set {' '.join(overrides)}")
             (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             logging.info("--set %s", " ".join(overrides))

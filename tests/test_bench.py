@@ -79,7 +79,7 @@ def test_real_pipeline_set_overrides_one_key_of_a_phase_and_keeps_the_rest(
     tmp_path: Path,
 ) -> None:
     """--set finetune.phases.all.epochs=10 changes that key only (not the whole phases
-    map, as an overlay would), and a bad value fails before any clone is committed."""
+    map, as an overlay would), and a bad value fails and leaves no clone behind."""
     import real_pipeline
 
     from fer_tasks.lib.params import ParamsError, SynthesizeParams, load_params

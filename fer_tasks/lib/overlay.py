@@ -87,13 +87,20 @@ def check_keys(overlay: dict, where: str) -> None:
         raise ParamsError(f"{where}:\n" + "\n".join(f"  {e}" for e in errors))
 
 
-def apply(base: dict, overlay: dict, _at: tuple[str, ...] = ()) -> dict:
-    """`base` with `overlay` laid over it (deep merge; `finetune.phases` replaced)."""
+def apply(
+    base: dict,
+    overlay: dict,
+    _at: tuple[str, ...] = (),
+    replaced: frozenset[tuple[str, ...]] | set[tuple[str, ...]] = REPLACED,
+) -> dict:
+    """`base` with `overlay` laid over it: a deep merge in which the mappings at the
+    `replaced` paths (an overlay's: `finetune.phases`) are replaced wholesale. With
+    ``replaced=frozenset()`` every key is set in place, as `dvc exp run -S` does."""
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         at = (*_at, key)
-        if isinstance(value, dict) and at not in REPLACED and isinstance(out.get(key), dict):
-            out[key] = apply(out[key], value, at)
+        if isinstance(value, dict) and at not in replaced and isinstance(out.get(key), dict):
+            out[key] = apply(out[key], value, at, replaced)
         else:
             out[key] = copy.deepcopy(value)
     return out
