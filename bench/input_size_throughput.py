@@ -21,43 +21,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from train_throughput import _EpochTimer  # bench/ is on sys.path when run as a script
+from train_throughput import _model, _pipeline  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 FER2013_TRAIN = 25_838  # Training minus the carved 10 % val (docs/results.md)
 
 
-def _model(size: int):
-    from fer_tasks.lib.backbones import build_backbone
-    from fer_tasks.lib.model import build_model, compile_model, unfreeze_model
-    from fer_tasks.lib.params import BaseModelParams, ModelParams
-
-    backbone = build_backbone(ModelParams(input_size=size, weights="none"))
-    m = build_model(backbone, BaseModelParams())
-    unfreeze_model(m, "all", unfreeze_bn=True)
-    compile_model(m, 5e-4)
-    return m
-
-
 def images_per_second(size: int, x: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> float:
     """Best steady-state epoch of phase `all` training at `size`, in images/s."""
-    from fer_tasks.lib.data import train_dataset
-
-    ds, steps = train_dataset(
-        x,
-        y,
-        batch_size=batch,
-        first_epoch=0,
-        last_epoch=epochs,
-        seed=0,
-        augment=True,
-        shift=0.1,
-        rotate=10,
-        zoom=0.1,
-    )
-    timer = _EpochTimer()
-    _model(size).fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[timer.cb], verbose=0)
-    return len(x) / min(timer.cb.times[1:])
+    model = _model(size, "all", 5e-4, unfreeze_bn=True, weights="none")
+    return _pipeline(model, x, y, batch, epochs, augment=True, shift=0.1, rotate=10, zoom=0.1)
 
 
 def main() -> None:

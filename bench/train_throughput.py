@@ -57,14 +57,17 @@ class _EpochTimer:
         self.cb = T()
 
 
-def _model(size: int):
+def _model(size: int, unfreeze: str = "top", lr: float = 1e-3, unfreeze_bn: bool = False, **model):
+    """Lite0 with the method's head, `unfreeze` trainable, compiled with Adam at `lr`;
+    `model` sets other ModelParams (bench/input_size_throughput: weights="none")."""
     from fer_tasks.lib.backbones import build_backbone
     from fer_tasks.lib.model import build_model, compile_model, unfreeze_model
     from fer_tasks.lib.params import BaseModelParams, ModelParams
 
-    m = build_model(build_backbone(ModelParams(input_size=size)), BaseModelParams())
-    unfreeze_model(m, "top")
-    compile_model(m, 1e-3)
+    backbone = build_backbone(ModelParams(input_size=size, **model))
+    m = build_model(backbone, BaseModelParams())
+    unfreeze_model(m, unfreeze, unfreeze_bn=unfreeze_bn)
+    compile_model(m, lr)
     return m
 
 
@@ -78,11 +81,20 @@ def _plain(model, x, y, batch, epochs) -> float:
     return len(x) / min(t.cb.times[1:])
 
 
-def _pipeline(model, x, y, batch, epochs) -> float:
+def _pipeline(model, x, y, batch, epochs, augment: bool = False, **geometry) -> float:
+    """Best steady-state epoch (images/s) of `model.fit` on the pipeline's tf.data
+    input; `augment` and `geometry` (shift, rotate, zoom) go to train_dataset."""
     from fer_tasks.lib.data import train_dataset
 
     ds, steps = train_dataset(
-        x, y, batch_size=batch, first_epoch=0, last_epoch=epochs, seed=0, augment=False
+        x,
+        y,
+        batch_size=batch,
+        first_epoch=0,
+        last_epoch=epochs,
+        seed=0,
+        augment=augment,
+        **geometry,
     )
     t = _EpochTimer()
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=[t.cb], verbose=0)
