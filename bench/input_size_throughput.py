@@ -8,9 +8,13 @@ is skipped), so a busy moment on the machine hurts one reading, not one size.
 Images are random: the speed of a convolution does not depend on its content.
 
     .venv/bin/python bench/input_size_throughput.py [--sizes 48 64 80 96] [--n 640]
+        [--precisions float32 mixed_bfloat16]
 
 It prints images/s, the seconds one epoch of the carved FER2013 training split
-(25,838 faces) would take, and each size's speed relative to the largest.
+(25,838 faces) would take, and each reading's speed relative to the largest size
+in the first precision listed. `--precisions` adds `model.precision` to the
+interleaving (a CPU with AVX-512 BF16 but no AMX runs mixed_bfloat16 slower:
+docs/results.md).
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FER2013_TRAIN = 25_838  # Training minus the carved 10 % val (docs/results.md)
 
 
-def images_per_second(size: int, x: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> float:
+def images_per_second(
+    size: int, x: np.ndarray, y: np.ndarray, batch: int, epochs: int, precision: str = "float32"
+) -> float:
     """Best steady-state epoch of phase `all` training at `size`, in images/s."""
-    model = _model(size, "all", 5e-4, unfreeze_bn=True, weights="none")
+    model = _model(size, "all", 5e-4, unfreeze_bn=True, weights="none", precision=precision)
     return _pipeline(model, x, y, batch, epochs, augment=True, shift=0.1, rotate=10, zoom=0.1)
 
 
@@ -40,6 +46,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3, help="per reading; the first is skipped")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "mixed_float16", "mixed_bfloat16"],
+        help="model.precision values to interleave with the sizes",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/input_size_throughput.json")
     args = ap.parse_args()
     if args.epochs < 2:
@@ -48,30 +61,35 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.n, 48, 48), dtype=np.uint8)
     y = rng.integers(0, 7, args.n).astype(np.int64)
-    best: dict[int, float] = {}
+    best: dict[tuple[int, str], float] = {}
     for r in range(args.rounds):
         for size in args.sizes:
-            ips = images_per_second(size, x, y, args.batch, args.epochs)
-            best[size] = max(best.get(size, 0.0), ips)
-            print(f"round {r + 1}: {size} px {ips:.1f} img/s", flush=True)
-    ref = max(args.sizes)
+            for prec in args.precisions:
+                ips = images_per_second(size, x, y, args.batch, args.epochs, prec)
+                best[size, prec] = max(best.get((size, prec), 0.0), ips)
+                print(f"round {r + 1}: {size} px {prec} {ips:.1f} img/s", flush=True)
+    ref = (max(args.sizes), args.precisions[0])
+    vs = f"speed_vs_{ref[0]}px_{ref[1]}"
     rows = [
         {
             "input_size": s,
-            "img_s": round(best[s], 1),
-            "epoch_s_fer2013": round(FER2013_TRAIN / best[s]),
-            f"speed_vs_{ref}px": round(best[s] / best[ref], 2),
+            "precision": p,
+            "img_s": round(best[s, p], 1),
+            "epoch_s_fer2013": round(FER2013_TRAIN / best[s, p]),
+            vs: round(best[s, p] / best[ref], 2),
         }
         for s in args.sizes
+        for p in args.precisions
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"batch": args.batch, "n": args.n, "rows": rows}, indent=2))
-    print(f"| input | img/s | s per epoch of {FER2013_TRAIN:,} faces | speed vs {ref} px |")
-    print("|---|---|---|---|")
+    head = f"s per epoch of {FER2013_TRAIN:,} faces | speed vs {ref[0]} px {ref[1]}"
+    print(f"| input | precision | img/s | {head} |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['input_size']} | {row['img_s']} | {row['epoch_s_fer2013']} "
-            f"| {row[f'speed_vs_{ref}px']:.2f}x |"
+            f"| {row['input_size']} | {row['precision']} | {row['img_s']} "
+            f"| {row['epoch_s_fer2013']} | {row[vs]:.2f}x |"
         )
 
 

@@ -10,9 +10,17 @@ import pytest
 from conftest import band_split, train_tiny_classifier
 
 from fer_tasks import CLASS_NAMES, NUM_CLASSES
+from fer_tasks.lib.calibration import ece
 from fer_tasks.lib.io import read_json, save_split, write_json
+from fer_tasks.lib.metrics import classification_metrics
 from fer_tasks.lib.params import EvaluateParams
-from fer_tasks.stages.evaluate import comparison_markdown, evaluate, score
+from fer_tasks.stages.evaluate import (
+    comparison_markdown,
+    evaluate,
+    intervals,
+    resample_scores,
+    score,
+)
 
 pytestmark = pytest.mark.slow  # trains a tiny CNN (seconds)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -84,6 +92,7 @@ def test_outputs_exist_and_metrics_json_matches_return(setup) -> None:
         "per_class",
         "predicted_share",
         "calibration",
+        "ci95",
     ]
     assert setup["metrics"]["split"] == "test"
     cal = setup["metrics"]["calibration"]
@@ -308,3 +317,67 @@ def test_stage_gallery_lists_only_misclassified_faces(setup) -> None:
 
 def _wrong_of(rows: list[dict], name: str) -> int:
     return sum(r["actual"] == name != r["predicted"] for r in rows)
+
+
+def _noisy(n: int, hit_rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities whose argmax is right for about `hit_rate` of the faces."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, NUM_CLASSES, n)
+    pred = np.where(rng.random(n) < hit_rate, y, rng.integers(0, NUM_CLASSES, n))
+    probs = rng.dirichlet(np.ones(NUM_CLASSES), n) * 0.4
+    probs[np.arange(n), pred] += 0.6
+    return y, probs
+
+
+def test_resample_scores_match_the_reported_metrics() -> None:
+    """The bootstrap's fast scores are the metrics evaluate reports, on any draw of faces."""
+    y, probs = _noisy(500, 0.6, seed=3)
+    y[y == 5] = 4  # a class neither true nor (mostly) predicted: F1 0, as classification_metrics
+    rng = np.random.default_rng(0)
+    for idx in (np.arange(len(y)), rng.integers(0, len(y), len(y))):
+        ref = classification_metrics(y[idx], probs[idx].argmax(axis=1))
+        acc, f1, e = resample_scores(y, probs, idx)
+        assert acc == pytest.approx(ref["accuracy"])
+        assert f1 == pytest.approx(ref["macro_f1"])
+        assert e == pytest.approx(ece(probs[idx], y[idx]))
+
+
+def test_intervals_hold_the_score_narrow_with_more_faces_and_repeat() -> None:
+    small, large = _noisy(300, 0.6, seed=1), _noisy(3000, 0.6, seed=2)
+    ci_small, ci_large = intervals(*small, 400), intervals(*large, 400)
+    for (y, probs), ci in ((small, ci_small), (large, ci_large)):
+        point = resample_scores(y, probs, np.arange(len(y)))
+        for value, key in zip(point, ("accuracy", "macro_f1", "ece"), strict=True):
+            assert ci[key]["low"] < value < ci[key]["high"], key
+    width = {k: ci_large[k]["high"] - ci_large[k]["low"] for k in ("accuracy", "macro_f1")}
+    for k, w in width.items():  # sqrt(10) x the faces: about a third of the width
+        assert w < 0.5 * (ci_small[k]["high"] - ci_small[k]["low"]), k
+    assert 0.02 < width["accuracy"] < 0.05  # 1.96 * 2 * sqrt(0.6 * 0.4 / 3000) = 0.035
+    assert intervals(*small, 400) == ci_small  # seeded
+    assert ci_small["resamples"] == 400
+
+
+def test_perfect_predictions_have_a_point_interval() -> None:
+    y = np.repeat(np.arange(NUM_CLASSES), 10)
+    probs = np.eye(NUM_CLASSES)[y]
+    ci = intervals(y, probs, 200)
+    assert ci["accuracy"] == ci["macro_f1"] == {"low": 1.0, "high": 1.0}
+
+
+def test_no_intervals_when_resamples_is_zero(setup, tmp_path: Path) -> None:
+    assert setup["metrics"]["ci95"]["resamples"] == 1000  # the default, in the stage's run
+    acc = setup["metrics"]["accuracy"]
+    assert (
+        setup["metrics"]["ci95"]["accuracy"]["low"]
+        <= acc
+        <= setup["metrics"]["ci95"]["accuracy"]["high"]
+    )
+    metrics = evaluate(
+        setup["root"] / "model.keras",
+        setup["root"] / "calibration.json",
+        setup["root"] / "test.npz",
+        None,
+        tmp_path / "out",
+        EvaluateParams(batch_size=32, bootstrap_resamples=0),
+    )
+    assert "ci95" not in metrics and metrics["accuracy"] == acc

@@ -270,6 +270,8 @@ class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1, le=8192)
     # errors.png: the most confident mistakes shown for each true class
     gallery_per_class: int = Field(4, ge=1, le=20)
+    # metrics.json's ci95: percentile-bootstrap intervals over the test faces (0 = none)
+    bootstrap_resamples: int = Field(1000, ge=0, le=100_000)
 
 
 class ExportParams(_Section):

@@ -11,9 +11,14 @@ Writes, under `out_dir`, in one swap of the folder:
     ``{"split": "test", "n", "accuracy", "top2_accuracy", "macro_f1",
     "per_class": {class: {precision, recall, f1, support}}, "predicted_share":
     {class: share}, "calibration": {"temperature", "tta_flip", "ece_bins",
-    "before": {"nll", "ece"}, "after": {"nll", "ece"}}}`` -- the same keys every
-    run (every class always present), so ``dvc metrics diff`` compares key for
-    key. ``per_class`` comes from `fer_tasks.lib.metrics.classification_metrics`,
+    "before": {"nll", "ece"}, "after": {"nll", "ece"}}, "ci95": {"resamples",
+    "accuracy": {"low", "high"}, "macro_f1": {...}, "ece": {...}}}`` -- the same
+    keys every run (every class always present), so ``dvc metrics diff``
+    compares key for key. ``ci95`` (absent when `evaluate.bootstrap_resamples`
+    is 0 or the split has one face) holds 95 % percentile-bootstrap intervals
+    over the test faces: how far the score would move on another draw of
+    faces like these, which says whether two runs' difference means anything.
+    ``per_class`` comes from `fer_tasks.lib.metrics.classification_metrics`,
     like the SVM stage's; ``before`` is T = 1 and ``after`` the fitted T, both
     with the recipe's TTA setting.
 ``errors.json``, ``errors.png``
@@ -46,6 +51,7 @@ from fer_tasks.lib import plots
 from fer_tasks.lib.calibration import (
     ECE_BINS,
     Recipe,
+    ece,
     measures,
     read_recipe,
     reliability,
@@ -125,6 +131,49 @@ def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
+def resample_scores(y_true: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[accuracy, macro-F1, ECE] of the faces at `idx` (repeats allowed), fast enough to bootstrap.
+
+    Macro-F1 as `classification_metrics` computes it: the mean over all seven
+    classes of 2 TP / (2 TP + FP + FN), 0 for a class neither true nor predicted.
+    """
+    t, p = y_true[idx], probs[idx].argmax(axis=1)
+    true_n = np.bincount(t, minlength=NUM_CLASSES)
+    pred_n = np.bincount(p, minlength=NUM_CLASSES)
+    hits = np.bincount(t[t == p], minlength=NUM_CLASSES)
+    denom = true_n + pred_n
+    f1 = np.divide(2 * hits, denom, out=np.zeros(NUM_CLASSES), where=denom > 0)
+    return np.array([np.mean(t == p), f1.mean(), ece(probs[idx], t)])
+
+
+def intervals(y_true: np.ndarray, probs: np.ndarray, resamples: int, seed: int = 0) -> dict:
+    """95 % percentile-bootstrap intervals of accuracy, macro-F1 and ECE over the faces.
+
+    `scipy.stats.bootstrap` resamples the faces with replacement `resamples`
+    times (seeded, so reruns agree) and recomputes `resample_scores` on each draw.
+    """
+    from scipy.stats import bootstrap
+
+    y_true, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    res = bootstrap(
+        (np.arange(len(y_true)),),
+        lambda idx: resample_scores(y_true, probs, idx),
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = res.confidence_interval
+    return {
+        "resamples": resamples,
+        **{
+            name: {"low": float(low[i]), "high": float(high[i])}
+            for i, name in enumerate(("accuracy", "macro_f1", "ece"))
+        },
+    }
+
+
 def _svm_split(svm_metrics_path: Path | None, split: str = "test") -> dict | None:
     """The SVM's metrics on `split` (the split the fine-tuned model was scored on)."""
     if svm_metrics_path is None:
@@ -167,6 +216,15 @@ def comparison_markdown(model: dict, svm: dict | None, model_name: str, svm_name
     ]
     lines += [f"| {m} | {_pct(a)} | {_pct(b)} | {_diff(a, b)} |" for m, a, b in rows]
     lines += ["", f"Top-2 accuracy of the fine-tuned model: {_pct(model['top2_accuracy'])}."]
+    if "ci95" in model:
+        ci = model["ci95"]
+        lines += [
+            "",
+            "95 % bootstrap intervals of the fine-tuned model over the test faces "
+            f"({ci['resamples']} resamples): accuracy {_pct(ci['accuracy']['low'])} to "
+            f"{_pct(ci['accuracy']['high'])}, macro-F1 {_pct(ci['macro_f1']['low'])} to "
+            f"{_pct(ci['macro_f1']['high'])}.",
+        ]
     if svm is None:
         lines += ["", "No SVM metrics were given: the baseline column is empty."]
     elif "n" in svm and svm["n"] != model["n"]:
@@ -216,6 +274,8 @@ def evaluate(
         "after": measures(probs, labels),
     }
     metrics = {"split": "test", **score(labels, probs), "calibration": calibration}
+    if params.bootstrap_resamples and len(labels) > 1:
+        metrics["ci95"] = intervals(labels, probs, params.bootstrap_resamples)
     y_pred = probs.argmax(axis=1)
     gallery = error_gallery(labels, probs, params.gallery_per_class)
 
@@ -253,10 +313,12 @@ def evaluate(
             out["comparison.md"].write_text(
                 comparison_markdown(metrics, svm, str(model_path), str(svm_metrics_path))
             )
+    ci = metrics.get("ci95")
     log.info(
-        "test: accuracy %.4f, top-2 %.4f, macro-F1 %.4f (n=%d); NLL %.4f -> %.4f, "
+        "test: accuracy %.4f%s, top-2 %.4f, macro-F1 %.4f (n=%d); NLL %.4f -> %.4f, "
         "ECE %.4f -> %.4f (T = %.3f, TTA %s)%s",
         metrics["accuracy"],
+        f" (95 % CI {ci['accuracy']['low']:.4f}-{ci['accuracy']['high']:.4f})" if ci else "",
         metrics["top2_accuracy"],
         metrics["macro_f1"],
         metrics["n"],
