@@ -124,6 +124,10 @@ def test_recipe_file_is_checked(tmp_path: Path):
         ({"temperature": True, "tta_flip": True}, "temperature must be a positive number"),
         ({"tta_flip": True}, "temperature must be a positive number"),
         ({"temperature": 1.0, "tta_flip": "yes"}, "tta_flip must be true or false"),
+        ({"temperature": 1.0, "center_crop": 9}, "center_crop must be a whole number"),
+        ({"temperature": 1.0, "center_crop": -1}, "center_crop must be a whole number"),
+        ({"temperature": 1.0, "center_crop": True}, "center_crop must be a whole number"),
+        ({"temperature": 1.0, "center_crop": 2.0}, "center_crop must be a whole number"),
         ([1.0], "expected a JSON object"),
     ):
         path.write_text(json.dumps(bad))
@@ -132,6 +136,25 @@ def test_recipe_file_is_checked(tmp_path: Path):
         assert str(path) in str(e.value)
     with pytest.raises(FileNotFoundError, match="calibration file not found"):
         read_recipe(tmp_path / "missing.json")
+    path.write_text(json.dumps({"temperature": 1.5, "center_crop": 2}))
+    assert read_recipe(path) == Recipe(1.5, False, False, center_crop=2)
+
+
+def test_center_zoom_cuts_the_border_and_scales_the_centre_back():
+    from fer_tasks.lib.calibration import center_zoom
+
+    faces = np.full((3, 48, 48), 200, np.uint8)
+    faces[:, :2], faces[:, -2:], faces[:, :, :2], faces[:, :, -2:] = 0, 0, 0, 0  # a 2 px frame
+    faces[1, 14:34, 14:34] = 50  # a dark centre square, 20 px wide
+    assert center_zoom(faces, 0) is faces
+    closer = center_zoom(faces, 2)
+    assert closer.shape == faces.shape and closer.dtype == np.uint8
+    assert closer[0].min() == closer[0].max() == 200  # the frame is gone
+    dark = np.flatnonzero(closer[1, 24] < 125)  # the square grows by 48 / 44 to 21.8 px
+    assert 21 <= len(dark) <= 23 and abs(dark.mean() - 23.5) < 0.6
+    assert np.array_equal(center_zoom(faces[:0], 2), faces[:0])
+    with pytest.raises(ValueError, match="leaves nothing"):
+        center_zoom(faces, 24)
 
 
 # ----------------------------------------------------------------------------- stage
@@ -176,6 +199,37 @@ def test_calibrate_switches(tiny):
     assert off["temperature"] == 1.0 and off["before"] == off["after"]
     plain = calibrate(tiny["model"], tiny["val"], out, CalibrateParams(tta_flip=False))
     assert plain["tta_flip"] is False and plain["after"]["nll"] <= plain["before"]["nll"]
+    assert "accuracy_uncropped" not in plain and plain["center_crop"] == 0
+
+
+@pytest.mark.slow
+def test_calibrate_with_a_centre_crop_fits_on_the_closer_view(tiny):
+    """The recipe names the crop; the fit sees the cropped faces; the whole faces' accuracy
+    is reported beside, equal to a run without the crop at the same T."""
+    from fer_tasks.lib.calibration import center_zoom
+    from fer_tasks.lib.io import load_split
+    from fer_tasks.lib.model import load_fer_model, predict_logits
+    from fer_tasks.lib.params import CalibrateParams
+    from fer_tasks.stages.calibrate import calibrate
+
+    out = tiny["root"] / "crop.json"
+
+    report = calibrate(tiny["model"], tiny["val"], out, CalibrateParams(center_crop=3))
+    assert read_recipe(out) == Recipe(report["temperature"], True, False, center_crop=3)
+    x, y = load_split(tiny["val"])
+    model = load_fer_model(tiny["model"])
+    cropped = predict_logits(model, center_zoom(x, 3), 64, True)
+    assert report["temperature"] == pytest.approx(fit_temperature(cropped, y), rel=1e-6)
+    whole = predict_logits(model, x, 64, True)
+    t = report["temperature"]
+
+    def acc(passes: np.ndarray) -> float:
+        return float(np.mean(tta_probs(passes, t).argmax(axis=1) == y))
+
+    assert report["accuracy_uncropped"] == {"plain": acc(whole[:1]), "tta_flip": acc(whole)}
+    assert report["accuracy"] == {"plain": acc(cropped[:1]), "tta_flip": acc(cropped)}
+    assert report["before"]["nll"] == pytest.approx(nll(tta_probs(cropped, 1.0), y))
+    assert report["before"]["nll"] != pytest.approx(nll(tta_probs(whole, 1.0), y))
 
 
 @pytest.mark.slow

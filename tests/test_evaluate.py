@@ -96,8 +96,9 @@ def test_outputs_exist_and_metrics_json_matches_return(setup) -> None:
     ]
     assert setup["metrics"]["split"] == "test"
     cal = setup["metrics"]["calibration"]
-    assert list(cal) == ["temperature", "tta_flip", "ece_bins", "before", "after"]
+    assert list(cal) == ["temperature", "tta_flip", "center_crop", "ece_bins", "before", "after"]
     assert (cal["temperature"], cal["tta_flip"], cal["ece_bins"]) == (2.0, True, 15)
+    assert cal["center_crop"] == 0  # the recipe names none
     assert set(cal["before"]) == set(cal["after"]) == {"nll", "ece"}
     assert cal["before"] != cal["after"]
     assert list(setup["metrics"]["per_class"]) == list(CLASS_NAMES)
@@ -381,3 +382,24 @@ def test_no_intervals_when_resamples_is_zero(setup, tmp_path: Path) -> None:
         EvaluateParams(batch_size=32, bootstrap_resamples=0),
     )
     assert "ci95" not in metrics and metrics["accuracy"] == acc
+
+
+def test_a_centre_crop_recipe_scores_the_closer_view(setup, tmp_path: Path) -> None:
+    from fer_tasks.lib.calibration import center_zoom, softmax
+
+    write_json(tmp_path / "c.json", {"temperature": 2.0, "tta_flip": True, "center_crop": 3})
+    m = evaluate(
+        setup["root"] / "model.keras",
+        tmp_path / "c.json",
+        setup["root"] / "test.npz",
+        None,
+        tmp_path / "out",
+        EvaluateParams(batch_size=32, bootstrap_resamples=0),
+    )
+    x = center_zoom(setup["x_test"], 3)
+    probs = (
+        softmax(_model_logits(setup, x), 2.0) + softmax(_model_logits(setup, x[:, :, ::-1]), 2.0)
+    ) / 2
+    assert m["calibration"]["center_crop"] == 3
+    assert m["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == setup["y_test"]))
+    assert m["calibration"]["after"]["nll"] != setup["metrics"]["calibration"]["after"]["nll"]

@@ -530,3 +530,29 @@ def test_cli_flags_reach_predict(calibrated, capsys) -> None:
     assert np.abs(_probs(capsys.readouterr().out.splitlines()) - one).max() < 1e-4
     assert main([*args, "--calibration", str(calibrated["calibration"])]) == 0
     assert np.abs(_probs(capsys.readouterr().out.splitlines()) - tta).max() < 1e-4
+
+
+def test_a_centre_crop_recipe_predicts_the_closer_view(calibrated, tmp_path) -> None:
+    """A recipe with center_crop: the face's zoomed-in view is what the model sees."""
+    import keras
+
+    from fer_tasks.lib.calibration import center_zoom, softmax
+    from fer_tasks.lib.model import logit_model
+    from fer_tasks.tools.predict import faces
+
+    recipe = tmp_path / "calibration.json"
+    recipe.write_text(json.dumps({"temperature": 2.0, "tta_flip": True, "center_crop": 3}))
+    rc, lines, err = _run(
+        [calibrated["face"]], calibrated["keras"], detect=False, calibration=recipe
+    )
+    assert rc == 0 and err == "", err
+    crops, _, _ = faces(calibrated["face"], None)
+    closer = center_zoom(crops, 3)
+    lg = logit_model(keras.saving.load_model(calibrated["keras"], compile=False))
+    z = [
+        lg.predict(v[..., None].astype("float32"), verbose=0) for v in (closer, closer[:, :, ::-1])
+    ]
+    expected = (softmax(z[0], 2.0) + softmax(z[1], 2.0)) / 2
+    assert np.abs(_probs(lines) - expected).max() < 1e-4
+    whole, _ = _expected_tta(calibrated, 2.0)
+    assert np.abs(expected - whole).max() > 1e-3  # the crop changes the answer: it is seen

@@ -13,7 +13,9 @@ confidence (the top probability), and ECE = sum over bins of |B| / n *
 |accuracy(B) - mean confidence(B)|, with M = 15 as in Guo et al.
 
 A *recipe* says how a model is applied: ``{"temperature": T, "tta_flip": bool,
-"temperature_in_model": bool}``. The `calibrate` stage writes one
+"temperature_in_model": bool, "center_crop": px}``. ``center_crop`` cuts that
+many pixels from each side of the 48x48 face and scales the rest back to 48x48
+(a zoomed-in view; every TTA pass sees it) before the model runs. The `calibrate` stage writes one
 (models/calibration.json, with its fit figures); `export` writes one beside the
 TFLite files (inference.json, the temperature already inside the models);
 `evaluate` and `fer predict` follow them. numpy only at import, so `fer predict`
@@ -33,6 +35,7 @@ from fer_tasks import NUM_CLASSES
 from fer_tasks.lib.errors import InputError, MissingInput
 
 ECE_BINS = 15
+MAX_CENTER_CROP = 8  # pixels per side of a 48x48 face: at most a 32x32 centre
 T_BOUNDS = (0.05, 20.0)  # the search interval of the fit; T = 1 is inside it
 
 
@@ -41,6 +44,7 @@ class Recipe:
     temperature: float = 1.0
     tta_flip: bool = False
     temperature_in_model: bool = False  # the model's own softmax already divides by T
+    center_crop: int = 0  # pixels cut from each side, the rest scaled back (center_zoom)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -63,7 +67,42 @@ def read_recipe(path: str | Path) -> Recipe:
     for key in ("tta_flip", "temperature_in_model"):
         if not isinstance(data.get(key, False), bool):
             raise InputError(f"{path}: {key} must be true or false, got {data[key]!r}")
-    return Recipe(float(t), data.get("tta_flip", False), data.get("temperature_in_model", False))
+    crop = data.get("center_crop", 0)
+    if isinstance(crop, bool) or not isinstance(crop, int) or not 0 <= crop <= MAX_CENTER_CROP:
+        raise InputError(
+            f"{path}: center_crop must be a whole number of pixels 0..{MAX_CENTER_CROP}, "
+            f"got {crop!r}"
+        )
+    return Recipe(
+        float(t), data.get("tta_flip", False), data.get("temperature_in_model", False), crop
+    )
+
+
+def center_zoom(images: np.ndarray, crop: int) -> np.ndarray:
+    """Faces (N, H, W) uint8 with `crop` pixels cut from each side and the centre scaled
+    back to (H, W) (Pillow, bilinear): the same faces, seen closer. `crop` 0 returns them."""
+    images = np.asarray(images)
+    if crop == 0:
+        return images
+    n, h, w = images.shape
+    if not 0 < 2 * crop < min(h, w):
+        raise InputError(f"center_crop {crop} leaves nothing of a {h}x{w} face")
+    from PIL import Image
+
+    return (
+        np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(f[crop : h - crop, crop : w - crop]).resize(
+                        (w, h), Image.BILINEAR
+                    )
+                )
+                for f in images.astype(np.uint8, copy=False)
+            ]
+        )
+        if n
+        else images
+    )
 
 
 def flip(images: np.ndarray) -> np.ndarray:

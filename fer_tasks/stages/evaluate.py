@@ -10,7 +10,7 @@ Writes, under `out_dir`, in one swap of the folder:
 ``metrics.json``
     ``{"split": "test", "n", "accuracy", "top2_accuracy", "macro_f1",
     "per_class": {class: {precision, recall, f1, support}}, "predicted_share":
-    {class: share}, "calibration": {"temperature", "tta_flip", "ece_bins",
+    {class: share}, "calibration": {"temperature", "tta_flip", "center_crop", "ece_bins",
     "before": {"nll", "ece"}, "after": {"nll", "ece"}}, "ci95": {"resamples",
     "accuracy": {"low", "high"}, "macro_f1": {...}, "ece": {...}}}`` -- the same
     keys every run (every class always present), so ``dvc metrics diff``
@@ -264,11 +264,14 @@ def evaluate(
     if len(images) == 0:
         raise InputError(f"{test_path}: the test split is empty")
 
-    passes = predict_logits(load_fer_model(model_path), images, params.batch_size, recipe.tta_flip)
+    passes = predict_logits(
+        load_fer_model(model_path), images, params.batch_size, recipe.tta_flip, recipe.center_crop
+    )
     probs, raw = tta_probs(passes, recipe.temperature), tta_probs(passes, 1.0)
     calibration = {
         "temperature": recipe.temperature,
         "tta_flip": recipe.tta_flip,
+        "center_crop": recipe.center_crop,
         "ece_bins": ECE_BINS,
         "before": measures(raw, labels),
         "after": measures(probs, labels),
@@ -277,7 +280,7 @@ def evaluate(
     if params.bootstrap_resamples and len(labels) > 1:
         metrics["ci95"] = intervals(labels, probs, params.bootstrap_resamples)
     y_pred = probs.argmax(axis=1)
-    gallery = error_gallery(labels, probs, params.gallery_per_class)
+    gallery = error_gallery(labels, probs, params.gallery_per_class)  # drawn uncropped
 
     names = ["metrics.json", "errors.json", "errors.png", "reliability.png", "per_class.png"]
     names += ["confusion.csv", "confusion.png"]

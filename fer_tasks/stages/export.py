@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_tasks.lib.calibration import Recipe, flip, read_recipe
+from fer_tasks.lib.calibration import Recipe, center_zoom, flip, read_recipe
 from fer_tasks.lib.classifiers import TFLiteClassifier, predict_tta
 from fer_tasks.lib.errors import FerError, InputError
 from fer_tasks.lib.io import atomic_path, load_split, write_json
@@ -189,6 +189,8 @@ def export_tflite(
     test_images, test_labels = load_split(test_path)
     if len(test_images) == 0:
         raise InputError(f"{test_path}: the test split is empty")
+    # the recipe's closer view is numpy preprocessing before the model, as in fer predict
+    test_images = center_zoom(test_images, recipe.center_crop)
 
     model = temperature_model(as_float32(load_fer_model(model_path)), recipe.temperature)
     keras_pred = _keras_probs(model, test_images, recipe.tta_flip).argmax(axis=1)
@@ -244,7 +246,12 @@ def export_tflite(
                 entry["accuracy_diff_points"],
                 latency,
             )
-        inference = Recipe(recipe.temperature, recipe.tta_flip, temperature_in_model=True)
+        inference = Recipe(
+            recipe.temperature,
+            recipe.tta_flip,
+            temperature_in_model=True,
+            center_crop=recipe.center_crop,
+        )
         write_json(tmp_dir / "inference.json", inference.to_json())
     for entry in variants.values():
         entry["size_vs_float32"] = entry["size_bytes"] / variants["float32"]["size_bytes"]
@@ -255,6 +262,7 @@ def export_tflite(
         "n_test": int(len(test_labels)),
         "temperature": recipe.temperature,
         "tta_flip": recipe.tta_flip,
+        "center_crop": recipe.center_crop,
         "variants": variants,
         "int8_drop_points": drop,
         "max_int8_drop": params.max_int8_drop,

@@ -68,7 +68,7 @@ from typing import TextIO
 import numpy as np
 
 from fer_tasks import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fer_tasks.lib.calibration import Recipe, read_recipe
+from fer_tasks.lib.calibration import Recipe, center_zoom, read_recipe
 from fer_tasks.lib.classifiers import ModelError, load_classifier, predict_tta
 from fer_tasks.lib.errors import FerError, InputError
 
@@ -328,7 +328,7 @@ def predict(
             continue
         if frames > 1:
             print(f"fer predict: {path}: note: frame 1 of {frames} used", file=err)
-        probs = predict_tta(model, crops, tta_flip=tta)
+        probs = predict_tta(model, center_zoom(crops, recipe.center_crop), tta_flip=tta)
         # an int8 model's softmax comes in steps of 1/256: renormalise so each line sums to 1
         probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
         for box, p in zip(boxes, probs, strict=True):
