@@ -166,13 +166,19 @@ def test_queue_status_rows_parse():
 
 
 def _wait(root: Path, until, timeout: float = 240.0) -> list[dvc.QueueTask]:
+    """Poll `dvc queue status` until `until({name: task})` holds. A task moving between
+    DVC's lists can be missing from one status (fer compare allows for it too), so a
+    KeyError means "not there yet", and the poll goes on until the timeout."""
     import time
 
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         tasks = dvc.queue_status(root)
-        if until({t.name: t for t in tasks}):
-            return tasks
+        try:
+            if until({t.name: t for t in tasks}):
+                return tasks
+        except KeyError:
+            pass
         time.sleep(2)
     raise AssertionError(f"the queue did not get there in {timeout} s: {tasks}")
 

@@ -184,15 +184,12 @@ def temperature_model(model: keras.Model, temperature: float) -> keras.Model:
 
 
 def predict_logits(
-    model: keras.Model, images: np.ndarray, batch_size: int, tta_flip: bool, center_crop: int = 0
+    model: keras.Model, images: np.ndarray, batch_size: int, tta_flip: bool
 ) -> np.ndarray:
-    """Logits (passes, N, 7) in float64: the faces, then (with `tta_flip`) their mirror images;
-    with `center_crop`, the faces' `center_zoom` views instead of the faces."""
-    from fer_tasks.lib.calibration import center_zoom
+    """Logits (passes, N, 7) in float64: the faces, then (with `tta_flip`) their mirror images."""
     from fer_tasks.lib.data import eval_dataset
 
     lg = logit_model(model)
-    images = center_zoom(images, center_crop)
     views = [images, images[:, :, ::-1]] if tta_flip else [images]
     out = np.stack(
         [

@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_tasks.lib.calibration import ECE_BINS, Recipe, fit_temperature, measures, tta_probs
+from fer_tasks.lib.calibration import (
+    ECE_BINS,
+    Recipe,
+    center_zoom,
+    fit_temperature,
+    measures,
+    tta_probs,
+)
 from fer_tasks.lib.errors import InputError
 from fer_tasks.lib.io import load_split, write_json
 from fer_tasks.lib.params import CalibrateParams
@@ -75,7 +82,8 @@ def calibrate(model_path: Path, val_path: Path, out_path: Path, params: Calibrat
     if len(images) == 0:
         raise InputError(f"{val_path}: the validation split is empty: nothing to calibrate on")
     model = load_fer_model(Path(model_path))
-    passes = predict_logits(model, images, params.batch_size, True, params.center_crop)
+    closer = center_zoom(images, params.center_crop)
+    passes = predict_logits(model, closer, params.batch_size, tta_flip=True)
     whole = predict_logits(model, images, params.batch_size, True) if params.center_crop else None
     report = calibration_report(passes, labels, params, whole)
     write_json(out_path, report)

@@ -51,6 +51,7 @@ from fer_tasks.lib import plots
 from fer_tasks.lib.calibration import (
     ECE_BINS,
     Recipe,
+    center_zoom,
     ece,
     measures,
     read_recipe,
@@ -264,9 +265,8 @@ def evaluate(
     if len(images) == 0:
         raise InputError(f"{test_path}: the test split is empty")
 
-    passes = predict_logits(
-        load_fer_model(model_path), images, params.batch_size, recipe.tta_flip, recipe.center_crop
-    )
+    closer = center_zoom(images, recipe.center_crop)  # the recipe's view of each face
+    passes = predict_logits(load_fer_model(model_path), closer, params.batch_size, recipe.tta_flip)
     probs, raw = tta_probs(passes, recipe.temperature), tta_probs(passes, 1.0)
     calibration = {
         "temperature": recipe.temperature,
